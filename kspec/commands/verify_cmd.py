@@ -1,0 +1,111 @@
+"""`kspec verify`: prove the invariants or print counterexamples."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import IO
+
+from kspec.commands.check import print_diagnostics
+from kspec.frontend.assemble import Flags
+from kspec.pipeline import load
+from kspec.reports.json_report import render_json
+from kspec.reports.junit import render_junit
+from kspec.reports.sarif import render_sarif
+from kspec.reports.text import render_text
+from kspec.verify.catalogue import CATALOGUE
+from kspec.verify.runner import build_report, run_packet_checks, run_spec_checks, selected
+
+EPILOG = """examples:
+  kspec verify examples/explainer/cluster.kspec
+  kspec verify k8s/ --format sarif --output kspec.sarif
+  kspec verify cluster.kspec --rules node-1=node-1.iptables-save
+  kspec verify --list
+
+exit codes: 0 every invariant holds, 1 violated (counterexamples printed),
+            2 input or command-line error, 3 undecided (solver timeout)
+"""
+
+
+def list_catalogue() -> str:
+    lines = []
+    for inv in CATALOGUE.values():
+        lines.append(f"{inv.id}  {inv.title}")
+        lines.append(f"       {inv.explanation}")
+        lines.append(f"       fix: {inv.fix}")
+    return "\n".join(lines) + "\n"
+
+
+def _ids(values: list[str] | None, option: str) -> tuple[list[str], str | None]:
+    ids = [part.strip().upper() for value in values or [] for part in value.split(",") if part.strip()]
+    unknown = [i for i in ids if i not in CATALOGUE]
+    if unknown:
+        return [], (f"kspec verify: error: {option} names unknown invariant {', '.join(unknown)}\n"
+                    "  hint: `kspec verify --list` prints the catalogue")
+    return ids, None
+
+
+def _rules(values: list[str] | None) -> tuple[dict[str, Path], str | None]:
+    found: dict[str, Path] = {}
+    for value in values or []:
+        node, sep, path = value.partition("=")
+        if not sep or not node or not path:
+            return {}, f"kspec verify: error: --rules takes NODE=PATH, not {value!r}\n  hint: --rules node-1=node-1.rules"
+        found[node] = Path(path)
+    return found, None
+
+
+def run(args: argparse.Namespace, flags: Flags | None, stdin: IO, stdout: IO, stderr: IO) -> int:
+    if args.list:
+        stdout.write(list_catalogue())
+        return 0
+    if not args.inputs:
+        print("kspec verify: error: no INPUT given\n  hint: kspec verify cluster.kspec (or --list)", file=stderr)
+        return 2
+    only, problem = _ids(args.only, "--only")
+    skip, problem2 = _ids(args.skip, "--skip")
+    disabled, problem3 = _ids(args.disable, "--disable")
+    rules, problem4 = _rules(args.rules)
+    for message in (problem, problem2, problem3, problem4):
+        if message:
+            print(message, file=stderr)
+            return 2
+    result = load(args.inputs, stdin, flags, args.lock)
+    print_diagnostics(result.diagnostics, stderr, args.quiet)
+    if result.cluster is None or not result.ok:
+        errors = sum(1 for d in result.diagnostics if d.is_error)
+        print(f"kspec verify: {errors} input error{'s' if errors != 1 else ''}", file=stderr)
+        return 2
+    cluster = result.cluster
+    known = {n.name for n in cluster.nodes}
+    unknown = sorted((set(args.node or ()) | set(rules)) - known)
+    if unknown:
+        print(f"kspec verify: error: unknown node {', '.join(unknown)}\n  hint: the nodes are "
+              + ", ".join(sorted(known)[:10]), file=stderr)
+        return 2
+    ids = selected(only, skip)
+    verdicts = run_spec_checks(cluster, ids, disabled)
+    packet = run_packet_checks(cluster, ids, disabled, nodes=args.node or (), rules=rules, timeout=args.timeout,
+                               stderr=stderr)
+    if isinstance(packet, str):
+        print(packet, file=stderr)
+        return 2
+    packet_verdicts, nodes, notes = packet
+    report = build_report(verdicts + packet_verdicts, nodes)
+    report.notes.extend(notes)
+    if args.format == "json":
+        text = render_json(report)
+    elif args.format == "sarif":
+        text = render_sarif(report)
+    elif args.format == "junit":
+        text = render_junit(report)
+    else:
+        color = args.output is None and hasattr(stdout, "isatty") and stdout.isatty()
+        text = render_text(report, color=color, verbose=args.verbose)
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        if not args.quiet:
+            print(f"kspec verify: report written to {args.output} (exit {report.exit_code})", file=stderr)
+    else:
+        stdout.write(text)
+    return report.exit_code
