@@ -87,6 +87,26 @@ class Span:
         return Span(file, 1, 1, 1, 1)
 
 
+class LazySpan:
+    """A span computed only when a diagnostic needs it.
+
+    Readers check hundreds of thousands of fields and almost all are fine;
+    locating each one in a 300 MB JSON dump up front would dominate the run.
+    """
+
+    __slots__ = ("_compute",)
+
+    def __init__(self, compute) -> None:
+        self._compute = compute
+
+    def resolve(self) -> Span:
+        return self._compute()
+
+
+def resolve_span(span: "Span | LazySpan") -> Span:
+    return span.resolve() if isinstance(span, LazySpan) else span
+
+
 class Severity(str, Enum):
     ERROR = "error"
     WARNING = "warning"
@@ -112,16 +132,16 @@ class Diagnostic:
         return (self.span.file, self.span.line, self.span.col, self.severity.value, self.message)
 
 
-def error(message: str, span: Span, hint: str = "", code: str = "") -> Diagnostic:
-    return Diagnostic(Severity.ERROR, message, span, hint, code)
+def error(message: str, span: "Span | LazySpan", hint: str = "", code: str = "") -> Diagnostic:
+    return Diagnostic(Severity.ERROR, message, resolve_span(span), hint, code)
 
 
-def warning(message: str, span: Span, hint: str = "", code: str = "") -> Diagnostic:
-    return Diagnostic(Severity.WARNING, message, span, hint, code)
+def warning(message: str, span: "Span | LazySpan", hint: str = "", code: str = "") -> Diagnostic:
+    return Diagnostic(Severity.WARNING, message, resolve_span(span), hint, code)
 
 
-def note(message: str, span: Span, hint: str = "", code: str = "") -> Diagnostic:
-    return Diagnostic(Severity.NOTE, message, span, hint, code)
+def note(message: str, span: "Span | LazySpan", hint: str = "", code: str = "") -> Diagnostic:
+    return Diagnostic(Severity.NOTE, message, resolve_span(span), hint, code)
 
 
 class InputError(Exception):
@@ -146,10 +166,10 @@ class DiagnosticSink:
     def extend(self, diagnostics: Iterable[Diagnostic]) -> None:
         self.items.extend(diagnostics)
 
-    def error(self, message: str, span: Span, hint: str = "", code: str = "") -> None:
+    def error(self, message: str, span: "Span | LazySpan", hint: str = "", code: str = "") -> None:
         self.items.append(error(message, span, hint, code))
 
-    def warning(self, message: str, span: Span, hint: str = "", code: str = "") -> None:
+    def warning(self, message: str, span: "Span | LazySpan", hint: str = "", code: str = "") -> None:
         self.items.append(warning(message, span, hint, code))
 
     @property

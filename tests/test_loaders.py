@@ -19,7 +19,7 @@ from kspec.frontend.json_load import load_json
 from kspec.frontend.yaml_load import load_yaml, resolve_plain
 
 HAS_KSPEC = importlib.util.find_spec("kspec.frontend.kspec_lang") is not None
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 class _Reference(yaml.SafeLoader):
@@ -104,11 +104,12 @@ def test_resolve_plain_first_character_dispatch():
     assert resolve_plain("nginx") == "nginx" and resolve_plain("") is None
 
 
+keys = st.text(max_size=8).filter(lambda key: key != "\x00key")  # the key-span sentinel itself
 json_scalars = (st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70)
                 | st.floats(allow_nan=False) | st.text(max_size=12))
 yaml_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),
     max_leaves=25)
 
 
@@ -124,12 +125,12 @@ def test_yaml_hypothesis_equals_safe_load(values, flow, indent):
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=12),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),
     max_leaves=25)
 
 
 @FAST
-@given(st.dictionaries(st.text(max_size=8), json_values, max_size=5), st.sampled_from([None, 0, 2, 4]))
+@given(st.dictionaries(keys, json_values, max_size=5), st.sampled_from([None, 0, 2, 4]))
 def test_json_object_equals_json_loads(value, indent):
     text = json.dumps(value, indent=indent)
     assert [doc.data for doc in load_json(text, "h.json")] == [json.loads(text)]
@@ -401,8 +402,8 @@ def test_read_inputs_walks_directories_sorted_and_collects_all_errors(tmp_path):
     (tmp_path / ".git" / "x.yaml").write_text("kind: Secret\n")
     (tmp_path / "notes.txt").write_text("not read")
     docs, problems = read_inputs([str(tmp_path), str(tmp_path / "missing.yaml")], None)
-    assert [d.data["metadata"]["name"] for d in docs] == ["a", "a2", "j", "z"]
-    assert docs[-1].span.file == str(tmp_path / "b" / "z.yml")
+    assert [d.data["metadata"]["name"] for d in docs] == ["a", "a2", "z", "j"]  # component-wise: b/ before b-c.json
+    assert docs[2].span.file == str(tmp_path / "b" / "z.yml")
     assert [p.span.file for p in problems] == [str(tmp_path / "broken.yaml"), str(tmp_path / "missing.yaml")]
 
 
@@ -420,7 +421,7 @@ def test_read_inputs_refuses_oversized_input(tmp_path, monkeypatch):
 
 def test_stdin_is_sniffed():
     docs, problems = read_inputs(["-"], io.StringIO('  {"kind": "List", "items": [{"kind": "Pod"}]}'))
-    assert not problems and docs[0].data == {"kind": "Pod"} and docs[0].span == Span("<stdin>", 1, 31, 1, 46)
+    assert not problems and docs[0].data == {"kind": "Pod"} and docs[0].span == Span("<stdin>", 1, 30, 1, 45)
     docs, problems = read_inputs(["-"], io.TextIOWrapper(io.BytesIO(b"\xef\xbb\xbfkind: Pod\n")))
     assert not problems and docs[0].data == {"kind": "Pod"}
     assert sniff("# c\n---\ncluster:\n  name: x\n") == "kspec"
@@ -435,3 +436,54 @@ def test_kspec_files_go_to_the_kspec_parser(tmp_path):
     assert not problems and docs[0].kind == "kspec" and docs[0].data["cluster"]["name"] == "demo"
     docs, problems = read_inputs(["-"], io.StringIO("cluster:\n  name: demo\n"))
     assert not problems and docs[0].kind == "kspec"
+
+
+def _paths(value, path=()):
+    yield path
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from _paths(child, path + (key,))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _paths(child, path + (index,))
+
+
+def _composed_marks(node, path):
+    """(value start, key start) of ``path`` in PyYAML's composed node tree (the reference)."""
+    key_mark = None
+    for step in path:
+        if isinstance(node, yaml.MappingNode):
+            key_node, node = next((k, v) for k, v in node.value if _Reference("").construct_object(k) == step)
+            key_mark = key_node.start_mark
+        else:
+            node, key_mark = node.value[step], None
+    return (node.start_mark.line + 1, node.start_mark.column + 1), key_mark
+
+
+@FAST
+@given(st.dictionaries(keys, yaml_values, min_size=1, max_size=4), st.booleans())
+def test_yaml_locate_matches_composed_node_marks(value, flow):
+    text = "# header\n---\n" + yaml.safe_dump(value, default_flow_style=flow)
+    (doc,) = load_yaml(text, "p.yaml")
+    (node,) = yaml.compose_all(text, Loader=yaml.SafeLoader)
+    for path in list(_paths(doc.data))[:60]:
+        expected, key_mark = _composed_marks(node, path)
+        assert start(doc.locate(path)) == expected
+        if key_mark is not None:
+            assert start(doc.key_span(path)) == (key_mark.line + 1, key_mark.column + 1)
+
+
+@FAST
+@given(st.lists(st.dictionaries(keys, json_values, max_size=4), max_size=4), st.sampled_from([None, 2]))
+def test_json_locate_points_at_the_value(items, indent):
+    text = json.dumps({"kind": "List", "items": items}, indent=indent)
+    lines = text.split("\n")
+    docs = parse(text, "p.json", "json")
+    for doc, item in zip(docs, items, strict=True):
+        for path in list(_paths(item))[:60]:
+            span = doc.locate(path)
+            offset = sum(len(line) + 1 for line in lines[: span.line - 1]) + span.col - 1
+            node = item
+            for step in path:
+                node = node[step]
+            assert json.JSONDecoder().raw_decode(text, offset)[0] == node

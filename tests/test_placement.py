@@ -77,3 +77,11 @@ def test_same_template_same_hash_different_template_different_hash():
     assert template_hash(workload()) == template_hash(workload())
     other = Workload(kind="Deployment", namespace="ns", name="web", replicas=3, labels={"app": "web", "v": "2"})
     assert template_hash(other) != template_hash(workload())
+
+
+def test_generated_names_never_clash_within_a_workload():
+    nodes = tuple(Node(f"n{i}", (ipaddress.ip_address(int(ipaddress.ip_address("10.0.0.0")) + i),)) for i in range(6000))
+    pods = expand(workload("DaemonSet", None), nodes, DiagnosticSink())
+    assert len({p.name for p in pods}) == 6000
+    many = expand(workload(replicas=6000), NODES, DiagnosticSink())
+    assert len({p.name for p in many}) == 6000

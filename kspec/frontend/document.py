@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from kspec.diagnostics import Span
+from kspec.diagnostics import LazySpan, Span
 
 Path = tuple[str | int, ...]
 Locator = Callable[[Path], Span | None]
@@ -66,6 +66,10 @@ class Origin:
         if self.doc is None:
             return Span("<default>", 1, 1, 1, 1)
         return self.doc.locate(self.path)
+
+    def lazy(self, *sub: str | int) -> LazySpan:
+        """The span of a sub-node, located only if a diagnostic asks for it."""
+        return LazySpan(lambda: self.at(*sub))
 
     def at(self, *sub: str | int) -> Span:
         if self.doc is None:

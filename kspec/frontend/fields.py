@@ -8,9 +8,10 @@ that turns ``selctor`` into a warning with a "did you mean".
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Iterator
 
-from kspec.diagnostics import DiagnosticSink, Span
+from kspec.diagnostics import DiagnosticSink, LazySpan
 from kspec.frontend import values
 from kspec.frontend.document import Origin
 
@@ -33,6 +34,11 @@ def one_edit_apart(a: str, b: str) -> bool:
     while i < len(a) and a[i] == b[i]:
         i += 1
     return a[i:] == b[i + 1 :]
+
+
+@lru_cache(maxsize=1 << 14)
+def _near_misses(key: str, read: frozenset[str]) -> list[str]:
+    return sorted(f for f in read if one_edit_apart(key, f))
 
 
 class Fields:
@@ -64,11 +70,13 @@ class Fields:
         value = self.data.get(key, default)
         return default if value is None else value
 
-    def span(self, *path: str | int) -> Span:
-        return self.origin.at(*path)
+    def span(self, *path: str | int) -> LazySpan:
+        origin = self.origin
+        return LazySpan(lambda: origin.at(*path))
 
-    def key_span(self, key: str) -> Span:
-        return self.origin.key(key)
+    def key_span(self, key: str) -> LazySpan:
+        origin = self.origin
+        return LazySpan(lambda: origin.key(key))
 
     def child(self, key: str) -> "Fields | None":
         return Fields.of(self.data.get(key), self.origin.child(key), self.sink, self._name(key))
@@ -140,7 +148,7 @@ class Fields:
         for key in self.data:
             if not isinstance(key, str) or key in read or key in known:
                 continue
-            matches = sorted(f for f in read if one_edit_apart(key, f))
+            matches = _near_misses(key, read)
             if matches:
                 self.sink.warning(f"unknown field {self._name(key)} is ignored", self.key_span(key),
                                   f"did you mean {matches[0]!r}?")

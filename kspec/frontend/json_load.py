@@ -201,7 +201,8 @@ class _Loader:
                     pos = self._document(pos)
                 pos = ws(text, pos).end()
         except _Syntax as problem:
-            self._problem(problem.message, problem.offset, problem.offset + 1, problem.hint)
+            message = problem.message if problem.message.startswith("invalid JSON") else "invalid JSON: " + problem.message
+            self._problem(message, problem.offset, problem.offset + 1, problem.hint)
         except _TooMany:
             pass
         return self.docs, self.problems
@@ -247,7 +248,7 @@ class _Loader:
         if text.startswith("]", p):
             return p + 1
         while True:
-            value, end = self._value(p)
+            value, end = self._value(p, 1)
             if _is_list(value):
                 value, end, items = self._object(p)
                 self._add(value, p, end, items)
@@ -287,7 +288,7 @@ class _Loader:
             if key == "items" and text.startswith("[", start):
                 value, end, items = self._items(start)
             else:
-                value, end = self._value(start)
+                value, end = self._value(start, 1)
             if key in result:
                 self._problem(f"duplicate key {key!r} in this object", p, key_end,
                               "remove one of the two entries; Kubernetes rejects duplicate keys too")
@@ -305,7 +306,7 @@ class _Loader:
             return values, p + 1, offsets
         value_at = self._value
         while True:
-            value, end = value_at(p)
+            value, end = value_at(p, 2)
             values.append(value)
             offsets.append((p, end))
             p = ws(text, end).end()
@@ -317,15 +318,15 @@ class _Loader:
             else:
                 raise _Syntax("expected ',' or ']'" + (" but the text ended" if not c else ""), p)
 
-    def _value(self, pos: int) -> tuple[Any, int]:
-        """Decode one value at C speed; on trouble, find the exact place slowly."""
+    def _value(self, pos: int, depth: int = 0) -> tuple[Any, int]:
+        """Decode one value (``depth`` containers deep) at C speed; on trouble, find the place slowly."""
         try:
             return _STRICT(self.text, pos)
         except json.JSONDecodeError as exc:
             raise _Syntax(_syntax_message(exc.msg), exc.pos) from None
         except (_Duplicate, _Constant, ValueError, RecursionError):
             pass
-        problems, end = _diagnose(self.text, pos)
+        problems, end = _diagnose(self.text, pos, depth)
         if not problems:
             problems = [(pos, pos + 1, "this value cannot be read", "check it for very long numbers or deep nesting")]
         for start, stop, message, hint in problems:
@@ -344,7 +345,7 @@ def _syntax_message(msg: str) -> str:
     return "invalid JSON: " + msg[0].lower() + msg[1:]
 
 
-def _diagnose(text: str, pos: int) -> tuple[list[tuple[int, int, str, str]], int | None]:
+def _diagnose(text: str, pos: int, depth: int = 0) -> tuple[list[tuple[int, int, str, str]], int | None]:
     """Walk one value slowly and iteratively, naming each problem and where it is.
 
     Returns the problems (start, end, message, hint) and the offset after the
@@ -374,7 +375,7 @@ def _diagnose(text: str, pos: int) -> tuple[list[tuple[int, int, str, str]], int
             expect_key = False
             continue
         if c in ("{", "["):
-            if len(stack) >= MAX_DEPTH:
+            if len(stack) + depth >= MAX_DEPTH:
                 return problems + [(p, p + 1, f"nesting deeper than {MAX_DEPTH} levels",
                                     "flatten the structure; no Kubernetes object nests this deep")], None
             stack.append(set() if c == "{" else None)

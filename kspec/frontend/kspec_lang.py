@@ -118,7 +118,8 @@ class _Node:
 
     __slots__ = ("kind", "span", "token", "items")
 
-    def __init__(self, kind: str, span: tuple[int, int, int, int], token: Token | None = None, items: list | None = None) -> None:
+    def __init__(self, kind: str, span: tuple[int, int, int, int],
+                 token: Token | None = None, items: list | None = None) -> None:
         self.kind = kind  # "scalar" | "null" | "map" | "seq"
         self.span = span  # (line, col, end_line, end_col), 1-based, end-exclusive
         self.token = token
@@ -227,7 +228,8 @@ def _parse_tree(text: str, source: Source) -> _Node | None:
     except UnexpectedInput as exc:
         raise InputError([_explain(exc, layout, source, text)]) from None
     except LarkError as exc:
-        raise InputError([error(f"syntax error: {exc}", layout.where(), "check the indentation and punctuation of this line")]) from None
+        raise InputError([error(f"syntax error: {exc}", layout.where(),
+                                "check the indentation and punctuation of this line")]) from None
     finally:
         _LAYOUT.reset(reset)
 
@@ -308,6 +310,9 @@ class _Layout:
             if not self.levels:
                 self.levels.append(tok.column - 1)
                 self.fresh = True
+            if kind == "FCOLON" and self.real and self.real[-1].end_line != tok.line:
+                raise self._fail("':' must be on the same line as its key", tok.line, tok.column,
+                                 "move the ':' up to the end of the key's line")
             if kind in ("LSQB", "LBRACE"):
                 self._open_bracket(tok)
             elif kind in ("RSQB", "RBRACE") and self.brackets:
@@ -353,7 +358,8 @@ class _Layout:
         if column < self.levels[-1] or (closed and column > self.levels[-1]):
             candidates = " or ".join(str(c + 1) for c in reversed(self.levels))
             raise self._fail(f"inconsistent indentation: column {column + 1} matches no enclosing block",
-                             line, column + 1, f"indent this line to column {candidates}, like the lines it belongs with")
+                             line, column + 1,
+                             f"indent this line to column {candidates}, like the lines it belongs with")
         if column > self.levels[-1]:
             yield self._push(column, line, pos)
 
@@ -379,7 +385,8 @@ class _Layout:
                 f"this continuation of the '{opener.value}' opened at line {opener.line} must be indented "
                 f"to column {self.flow_min + 1} or more",
                 nl.end_line, len(indent) + 1,
-                "indent every line inside [ ] or { } (including the closing bracket) more than the key or '-' it belongs to",
+                f"indent every line inside [ ] or {{ }} (including the closing bracket) more than the key or '-' "
+                f"it belongs to, or close the '{opener.value}' if it should have ended",
             )
 
 
@@ -418,9 +425,12 @@ _CHAR_PROBLEMS = {
     "&": ("anchors (&name) are not supported", "write the value out again instead of anchoring it"),
     "*": ("aliases (*name) are not supported", "write the value out again instead of referring to an anchor"),
     "!": ("tags (!name, !!str) are not supported", "quote the value to make it a string, or remove the tag"),
-    "|": ("block scalars (| and >) are not supported", "write the text as a quoted string on one line; use \\n for line breaks"),
-    ">": ("block scalars (| and >) are not supported", "write the text as a quoted string on one line; use \\n for line breaks"),
-    "?": ("explicit keys ('? ') and complex keys are not supported", "write mapping keys as `key: value` with a plain or quoted key"),
+    "|": ("block scalars (| and >) are not supported",
+          "write the text as a quoted string on one line; use \\n for line breaks"),
+    ">": ("block scalars (| and >) are not supported",
+          "write the text as a quoted string on one line; use \\n for line breaks"),
+    "?": ("explicit keys ('? ') and complex keys are not supported",
+          "write mapping keys as `key: value` with a plain or quoted key"),
     "@": ("a plain value cannot start with '@'", "quote the value"),
     "`": ("a plain value cannot start with '`'", "quote the value"),
     "#": ("a comment needs a space before '#'", "put a space before '#', or quote the value if '#' is part of it"),
@@ -451,6 +461,9 @@ def _explain_chars(pos: int, layout: _Layout, source: Source, text: str) -> Diag
     if ch == "%" and span.col == 1:
         return error("directives (%YAML, %TAG) are not supported", span, "remove the directive line")
     if ch == ":":
+        if layout.brackets and nxt and nxt in ",?[]{}":
+            return error(f"missing space between ':' and '{nxt}' inside [ ] or {{ }}", span,
+                         "put a space after ':' (YAML readers disagree about this form)")
         if layout.brackets:
             return error("inside [ ] or { }, a value cannot start with ':'", span,
                          "quote it, e.g. '::1' (an IPv6 address that starts with '::')")
@@ -478,6 +491,8 @@ def _explain_token(tok: Token, expected: set[str], layout: _Layout, source: Sour
                          "put the whole value on one line (quote it if it contains ': ' or ' #'), "
                          "or align this line with the keys above it")
         return error("unexpected indentation", span, "align this line with the lines it belongs with")
+    if in_flow and tok.value.startswith(":") and text[tok.start_pos + 1 : tok.start_pos + 2] in tuple(",?[]{}"):
+        return _explain_chars(tok.start_pos, layout, source, text)
     if in_flow and tok.value.startswith(":") and "FLOW_PLAIN" in expected:
         return error("inside [ ] or { }, a value cannot start with ':'", span,
                      "quote it, e.g. '::1' (an IPv6 address that starts with '::')")
@@ -556,7 +571,8 @@ def _char_problem(ch: str) -> tuple[str, str]:
     if ch == "\ufeff":
         return "byte order mark inside the text", "remove it (only the very first character may be one)"
     name = "NUL character" if ch == "\0" else "control character"
-    return f"{name} U+{ord(ch):04X} is not allowed", f"remove it; in a double-quoted string write it as \\x{ord(ch):02X}"
+    return (f"{name} U+{ord(ch):04X} is not allowed",
+            f"remove it; in a double-quoted string write it as \\x{ord(ch):02X}")
 
 
 def _prescan(text: str, source: Source) -> list[Diagnostic]:
@@ -633,45 +649,45 @@ def _plain(text: str) -> tuple[Any, str, tuple[str, str] | None]:
     """Value, type and (message, hint) problem of a plain scalar, judged as PyYAML would read it."""
     tag = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))
     kind = tag.rsplit(":", 1)[1]
-    quoted = _quote(text)
+    shown = repr(_clip(text))
     if kind == "str":
         lower = text.lower()
         if lower in _BOOL_WORDS:
-            return text, "str", (f"{text!r} is a boolean to YAML 1.1 readers",
-                                 f"write true or false for a boolean, or quote it ({quoted}) for the string")
+            return text, "str", (f"{shown} is a boolean to YAML 1.1 readers",
+                                 f"write true or false for a boolean, or quote it ({_quote(text)}) for the string")
         if lower == "null":
-            return text, "str", (f"{text!r} looks like null", f"write null, or quote it ({quoted}) for the string")
+            return text, "str", (f"{shown} looks like null", f"write null, or quote it ({_quote(text)}) for the string")
         if _YAML12_NUMBER.fullmatch(text):
-            return text, "str", (f"{text!r} is a number in YAML 1.2", f"quote it ({quoted}) if it is text")
+            return text, "str", (f"{shown} is a number in YAML 1.2", f"quote it ({_quote(text)}) if it is text")
         return text, classify_string(text), None
     if kind == "int":
         if _patterns()["int"].fullmatch(text):
             if len(text.lstrip("+-")) > MAX_INT_DIGITS:
-                return text, "str", (f"integer {_clip(text)!r} has more than {MAX_INT_DIGITS} digits",
-                                     f"quote it ({quoted}) if it is text")
+                return text, "str", (f"integer {shown} has more than {MAX_INT_DIGITS} digits",
+                                     f"quote it ({_quote(text)}) if it is text")
             return int(text), "int", None
         form = next(name for pattern, name in _INT_KINDS if pattern.fullmatch(text))
-        hint = f"quote it ({quoted}) if it is text; write numbers in plain decimal"
+        hint = f"quote it ({_quote(text)}) if it is text; write numbers in plain decimal"
         if _patterns()["ipv6"].fullmatch(text):
-            hint = f"quote the IPv6 address: {quoted}"
-        return text, "str", (f"YAML 1.1 reads {text!r} as {form} integer", hint)
+            hint = f"quote the IPv6 address: {_quote(text)}"
+        return text, "str", (f"YAML 1.1 reads {shown} as {form} integer", hint)
     if kind == "bool":
         if text in ("true", "false"):
             return text == "true", "bool", None
-        return text, "str", (f"YAML 1.1 reads {text!r} as a boolean",
-                             f"write true or false for a boolean, or quote it ({quoted}) for the string")
+        return text, "str", (f"YAML 1.1 reads {shown} as a boolean",
+                             f"write true or false for a boolean, or quote it ({_quote(text)}) for the string")
     if kind == "null":
         if text in ("null", "~"):
             return None, "null", None
-        return text, "str", (f"YAML reads {text!r} as null", f"write null, or quote it ({quoted}) for the string")
+        return text, "str", (f"YAML reads {shown} as null", f"write null, or quote it ({_quote(text)}) for the string")
     if kind == "float":
-        return text, "str", (f"YAML reads {text!r} as a floating-point number; kspec has no floats",
-                             f"quote it ({quoted}) if it is text, such as a version")
+        return text, "str", (f"YAML reads {shown} as a floating-point number; kspec has no floats",
+                             f"quote it ({_quote(text)}) if it is text, such as a version")
     if kind == "timestamp":
-        return text, "str", (f"YAML reads {text!r} as a date", f"quote it ({quoted})")
+        return text, "str", (f"YAML reads {shown} as a date", f"quote it ({_quote(text)})")
     if kind == "merge":
         return text, "str", ("merge keys ('<<') are not supported", "write the merged entries out")
-    return text, "str", (f"YAML gives {text!r} a special meaning ({kind})", f"quote it ({quoted})")
+    return text, "str", (f"YAML gives {shown} a special meaning ({kind})", f"quote it ({_quote(text)})")
 
 
 def _double_quoted(tok: Token, source: Source, problems: list[Diagnostic]) -> str:

@@ -132,7 +132,7 @@ def _read_cluster(cluster: Fields, parts: Parts) -> None:
         if key in proxy:
             parts.set(setting, proxy.raw(key), proxy.origin.child(key), SOURCE)
     if "nodePortAddresses" in proxy:
-        nets = tuple(n for n in (values.read_cidr(v, o.span, sink, "nodePortAddresses entry")
+        nets = tuple(n for n in (values.read_cidr(v, o.lazy(), sink, "nodePortAddresses entry")
                                  for _, v, o in proxy.items("nodePortAddresses")) if n is not None)
         parts.set("nodeport_addresses", nets, proxy.origin.child("nodePortAddresses"), SOURCE)
 
@@ -231,7 +231,7 @@ def _service_ports(body: Fields, where: str, svc_type: str) -> tuple[ServicePort
     raw_list = body.raw("ports") or []
     for index, item, origin in body.items("ports"):
         if not isinstance(item, dict):
-            parsed = values.read_port_spec(item, origin.span, body.sink, f"{where} port")
+            parsed = values.read_port_spec(item, origin.lazy(), body.sink, f"{where} port")
             if parsed is not None:
                 if len(raw_list) > 1:
                     body.sink.error(f"{where}: port {index + 1} has no name", origin.span,
@@ -273,7 +273,7 @@ def _service_ports(body: Fields, where: str, svc_type: str) -> tuple[ServicePort
 def _ip_list(body: Fields, key: str, what: str) -> tuple:
     found = []
     for _, raw, origin in body.items(key):
-        ip = values.read_ip(raw, origin.span, body.sink, what)
+        ip = values.read_ip(raw, origin.lazy(), body.sink, what)
         if ip is not None:
             found.append(ip)
     return tuple(found)
@@ -296,7 +296,7 @@ def _read_service(key: str, body: Fields, parts: Parts, namespace: str) -> None:
     if svc_type == "ExternalName" and not body.raw("externalName"):
         body.sink.error(f"ExternalName service {ns}/{name} has no externalName", body.origin.span,
                         "set externalName to the DNS name this service aliases")
-    ranges = tuple(n for n in (values.read_cidr(v, o.span, body.sink, "loadBalancerSourceRanges entry")
+    ranges = tuple(n for n in (values.read_cidr(v, o.lazy(), body.sink, "loadBalancerSourceRanges entry")
                                for _, v, o in body.items("loadBalancerSourceRanges")) if n is not None)
     parts.services.append(Service(
         namespace=ns, name=name, type=svc_type, selector=_selector(body),
@@ -321,7 +321,7 @@ def _read_endpoints(key: str, body: Fields, parts: Parts, namespace: str) -> Non
     addresses = []
     for field, ready in (("addresses", True), ("notReadyAddresses", False)):
         for _, raw, origin in body.items(field):
-            ip = values.read_ip(raw, origin.span, body.sink, "endpoint address")
+            ip = values.read_ip(raw, origin.lazy(), body.sink, "endpoint address")
             if ip is not None:
                 addresses.append(EndpointAddress(ip=ip, ready=ready, serving=ready, origin=origin))
     ports = [EndpointPort(p.port, p.protocol, p.name) for p in _service_ports(body, f"endpoints {ns}/{name}", "ClusterIP")]

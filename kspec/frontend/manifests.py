@@ -14,6 +14,7 @@ from kspec import names
 from kspec.diagnostics import DiagnosticSink, InputError
 from kspec.frontend import values
 from kspec.frontend.document import Document, Origin
+from kspec.frontend.fast_pods import check_label_key, check_label_value, fast_pod
 from kspec.frontend.fields import Fields
 from kspec.frontend.parts import OwnerRef, Parts
 from kspec.model import (
@@ -100,7 +101,7 @@ def _meta(obj: Fields, ctx: Context, namespaced: bool = True) -> tuple[str, str,
 def _labels(meta: Fields, key: str = "labels") -> dict[str, str]:
     labels = meta.string_map(key)
     for label, value in list(labels.items()):
-        problem = names.check_label_key(label) or names.check_label_value(value)
+        problem = check_label_key(label) or check_label_value(value)
         if problem:
             meta.sink.error(f"invalid label {label}={value!r}: {problem}", meta.origin.at(key, label),
                             "label keys are [prefix/]name and values at most 63 characters of [A-Za-z0-9-_.]")
@@ -192,6 +193,18 @@ def _container_ports(spec: Fields, where: str) -> tuple[ContainerPort, ...]:
 
 
 def read_pod(obj: Fields, ctx: Context) -> None:
+    fast = fast_pod(obj.data, obj.origin, ctx.namespace)
+    if fast is not None:
+        pod, owner = fast
+        ctx.parts.pods.append(pod)
+        if owner is not None:
+            ctx.parts.pod_owners[pod.key] = owner
+        return
+    read_pod_located(obj, ctx)
+
+
+def read_pod_located(obj: Fields, ctx: Context) -> None:
+    """The reader that checks every field in place (and reports where it is wrong)."""
     head = _meta(obj, ctx)
     if head is None:
         return
@@ -339,7 +352,7 @@ def read_service(obj: Fields, ctx: Context) -> None:
         ip = values.read_ip(spec.raw("loadBalancerIP"), spec.span("loadBalancerIP"), ctx.sink, "loadBalancerIP")
         if ip is not None:
             lb_ips.append(ip)
-    ranges = tuple(n for n in (values.read_cidr(v, o.span, ctx.sink, "loadBalancerSourceRanges entry")
+    ranges = tuple(n for n in (values.read_cidr(v, o.lazy(), ctx.sink, "loadBalancerSourceRanges entry")
                                for _, v, o in spec.items("loadBalancerSourceRanges")) if n is not None)
     timeout = 10800
     affinity_cfg = spec.child("sessionAffinityConfig")
@@ -373,7 +386,7 @@ def _service_ports(spec: Fields, svc_type: str, where: str):
     raw_ports = spec.raw("ports") or []
     for index, port in spec.children("ports"):
         port.warn_near_misses(frozenset({"name", "port", "targetPort", "nodePort", "protocol", "appProtocol"}))
-        number = values.read_port(port.raw("port"), port.span("port") if "port" in port else port.origin.span, spec.sink,
+        number = values.read_port(port.raw("port"), port.span("port") if "port" in port else port.origin.lazy(), spec.sink,
                                   f"{where} port")
         protocol = values.read_protocol(port.raw("protocol", "TCP"), port.span("protocol"), spec.sink)
         pname = port.str("name", "") or ""
@@ -433,7 +446,7 @@ def read_endpoint_slice(obj: Fields, ctx: Context) -> None:
         if target is not None and target.raw("kind") == "Pod" and isinstance(target.raw("name"), str):
             target_key = (target.raw("namespace", ns), target.raw("name"))
         for index, raw, origin in ep.items("addresses"):
-            ip = values.read_ip(raw, origin.span, ctx.sink, "endpoint address")
+            ip = values.read_ip(raw, origin.lazy(), ctx.sink, "endpoint address")
             if ip is not None:
                 addresses.append(EndpointAddress(ip=ip, ready=ready, serving=cond.raw("serving", ready) is not False,
                                                  terminating=cond.raw("terminating", False) is True,
@@ -518,7 +531,7 @@ def read_kube_proxy_configuration(obj: Fields, ctx: Context) -> None:
             ctx.parts.set("localhost_nodeports", iptables.bool("localhostNodePorts", True),
                           iptables.origin.child("localhostNodePorts"), source)
     if "nodePortAddresses" in obj:
-        nets = tuple(n for n in (values.read_cidr(v, o.span, ctx.sink, "nodePortAddresses entry")
+        nets = tuple(n for n in (values.read_cidr(v, o.lazy(), ctx.sink, "nodePortAddresses entry")
                                  for _, v, o in obj.items("nodePortAddresses")) if n is not None)
         ctx.parts.set("nodeport_addresses", nets, obj.origin.child("nodePortAddresses"), source)
     conntrack = obj.child("conntrack")

@@ -6,9 +6,10 @@ libyaml's C *events* into dicts and lists: about twice the speed of
 ``yaml.load_all(CSafeLoader)``, with bounded depth and bounded alias
 expansion.
 
-Scalars resolve as PyYAML's SafeLoader resolves them (YAML 1.1: ``yes``/``no``/
-``on``/``off`` booleans, ``0x``/``0o``-less octal ``017``, ``0b``, sexagesimal
-``1:30``, ``.inf``, ``~``), with these deliberate differences:
+Plain scalars resolve as PyYAML's SafeLoader resolves them (YAML 1.1:
+``yes``/``no``/``on``/``off`` booleans, octal ``017``, ``0b101``, ``0x1F``,
+sexagesimal ``1:30``, ``1_000``, ``.inf``, ``~``; quoted scalars are strings),
+with these deliberate differences:
 
 * timestamps stay strings (Kubernetes reads them as RFC 3339 text);
 * ``!!binary`` stays its base64 text, ``!!set`` a mapping of nulls, ``!!omap`` and
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import gc
 import re
+from array import array
 from typing import Any, Iterator
 
 import yaml
@@ -49,7 +51,7 @@ from kspec.frontend.document import Document, Path
 
 MAX_DEPTH = 256
 MAX_ERRORS = 100
-# Alias expansion may add at most this many nodes beyond max(_FLOOR, 10 x own).
+# Aliases may add at most max(_EXPANSION_FLOOR, _EXPANSION_RATIO x own nodes) nodes to a document.
 _EXPANSION_FLOOR = 10_000
 _EXPANSION_RATIO = 10
 KEY = "\x00key"
@@ -249,7 +251,7 @@ def _merge_into(mapping: dict, values: list) -> None:
     mapping.update(explicit)
 
 
-def _syntax_diagnostic(exc: yaml.YAMLError, name: str, text: str, line0: int = 0) -> Diagnostic:
+def _syntax_diagnostic(exc: yaml.YAMLError, name: str, text: str) -> Diagnostic:
     """A located diagnostic for a scanner/parser/reader error of libyaml or PyYAML."""
     if isinstance(exc, yaml.reader.ReaderError) or not getattr(exc, "problem_mark", None):
         found = _NOT_PRINTABLE.search(text)
@@ -264,8 +266,8 @@ def _syntax_diagnostic(exc: yaml.YAMLError, name: str, text: str, line0: int = 0
     message = f"invalid YAML: {problem}"
     context_mark = getattr(exc, "context_mark", None)
     if exc.context and context_mark is not None:
-        message += f" ({exc.context} at line {context_mark.line + line0 + 1})"
-    span = Span(name, mark.line + line0 + 1, mark.column + 1, mark.line + line0 + 1, mark.column + 2)
+        message += f" ({exc.context} at line {context_mark.line + 1})"
+    span = Span(name, mark.line + 1, mark.column + 1, mark.line + 1, mark.column + 2)
     return error(message, span, _syntax_hint(problem))
 
 
@@ -294,21 +296,24 @@ class YamlLocator:
     __slots__ = ("text", "name", "start", "end", "line", "col", "items")
 
     def __init__(self, text: str, name: str, start: int, end: int, line: int, col: int,
-                 items: list[tuple[int, int, int, int]] | None = None) -> None:
+                 items: array | None = None) -> None:
         self.text = text
         self.name = name
         self.start = start
         self.end = end
         self.line = line
         self.col = col
-        self.items = items
+        self.items = items  # flat (start, end, line, col) per element of a top-level "items" sequence
 
     def __call__(self, path: Path) -> Span | None:
         source = " " * self.col + self.text[self.start:self.end]
-        loader = _Loader(source)
+        try:
+            loader = _Loader(source)
+        except UnicodeError:
+            return None
         try:
             return _walk(loader.get_event, tuple(path), self.name, self.line)
-        except (yaml.YAMLError, UnicodeError):
+        except (yaml.YAMLError, StopIteration):
             return None
         finally:
             loader.dispose()
@@ -316,9 +321,9 @@ class YamlLocator:
     def within(self, prefix: Path) -> "YamlLocator | None":
         """A locator for the item at ``("items", i)`` that re-reads only that item."""
         if (self.items is None or len(prefix) != 2 or prefix[0] != "items"
-                or not isinstance(prefix[1], int) or not 0 <= prefix[1] < len(self.items)):
+                or not isinstance(prefix[1], int) or not 0 <= prefix[1] < len(self.items) // 4):
             return None
-        start, end, line, col = self.items[prefix[1]]
+        start, end, line, col = self.items[4 * prefix[1]:4 * prefix[1] + 4]
         return YamlLocator(self.text, self.name, start, end, line, col)
 
 
@@ -403,8 +408,10 @@ def _node_span(event: Any, events: Iterator[Any], name: str, line0: int) -> Span
     return _mark_span(name, event.start_mark, last.end_mark, line0)
 
 
-def _item_range(start: Any, end: Any) -> tuple[int, int, int, int]:
-    return (start.index, end.index, start.line, start.column)
+def _item_ranges(items: list[tuple[Any, Any]]) -> array | None:
+    if not items:
+        return None
+    return array("q", [n for s, e in items for n in (s.index, e.index, s.line, s.column)])
 
 
 def load_yaml(text: str, name: str) -> list[Document]:
@@ -432,10 +439,11 @@ def _load(text: str, name: str) -> tuple[list[Document], list[Diagnostic]]:
     docs: list[Document] = []
     problems: list[Diagnostic] = []
     expansion_cap = _EXPANSION_RATIO * 2 * len(text) + _EXPANSION_FLOOR
-    loader = _Loader(text)
-    get_event = loader.get_event
+    loader = None
     doc_index = -1
     try:
+        loader = _Loader(text)
+        get_event = loader.get_event
         while True:
             event = get_event()
             if event is None or event.__class__ is StreamEndEvent:
@@ -448,7 +456,7 @@ def _load(text: str, name: str) -> tuple[list[Document], list[Diagnostic]]:
             if data is None:
                 continue
             locator = YamlLocator(text, name, doc_start.index - doc_start.column, end.end_mark.index,
-                                  doc_start.line, 0, [_item_range(s, e) for s, e in items] if items else None)
+                                  doc_start.line, 0, _item_ranges(items))
             key_spans = {("items", i): _mark_span(name, s, e) for i, (s, e) in enumerate(items)}
             docs.append(Document(data, _mark_span(name, root_start, root_end), "manifest",
                                  locator, doc_index, key_spans))
@@ -462,7 +470,8 @@ def _load(text: str, name: str) -> tuple[list[Document], list[Diagnostic]]:
         problems.append(error("text is not valid Unicode (lone surrogate)", Span(name, line, col, line, col + 1),
                               "save the file as UTF-8"))
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return docs, problems
 
 
@@ -489,7 +498,7 @@ def _load_document(get_event: Any, name: str, problems: list[Diagnostic],
     key: Any = _NOKEY
     anchors: dict[str, list] = {}
     open_anchors: dict[int, list] = {}
-    merges: dict[int, list] = {}
+    merges: dict[int, tuple[list, Any]] = {}  # mapping id -> (merged values, mark of <<)
     items_list: Any = None
     items: list[tuple[Any, Any]] = []
     item_start = None
@@ -526,14 +535,14 @@ def _load_document(get_event: Any, name: str, problems: list[Diagnostic],
                                 _duplicate(problems, name, event, value)
                                 key = _DROP
                             else:
-                                merges[id(cur)] = []
+                                merges[id(cur)] = ([], event.start_mark)
                                 key = _MERGE
                         else:
                             key = value
                     else:
                         if key.__class__ is _Special:
                             if key is _MERGE:
-                                merges[id(cur)].append(value)
+                                merges[id(cur)][0].append(value)
                         else:
                             cur[key] = value
                         key = _NOKEY
@@ -560,7 +569,7 @@ def _load_document(get_event: Any, name: str, problems: list[Diagnostic],
                     else:
                         if key.__class__ is _Special:
                             if key is _MERGE:
-                                merges[id(cur)].append(new)
+                                merges[id(cur)][0].append(new)
                         else:
                             cur[key] = new
                             if key == "items" and len(stack) == 1 and cls is SequenceStartEvent:
@@ -591,7 +600,11 @@ def _load_document(get_event: Any, name: str, problems: list[Diagnostic],
                 elif not stack:
                     root_end = event.end_mark
                 if merges and id(done) in merges:
-                    _merge_into(done, merges.pop(id(done)))
+                    values, mark = merges.pop(id(done))
+                    try:
+                        _merge_into(done, values)
+                    except _Problem as problem:
+                        _add(problems, error(problem.message, _mark_span(name, mark), problem.hint))
             elif cls is AliasEvent:
                 nodes += 1
                 entry = anchors.get(event.anchor)
@@ -625,7 +638,7 @@ def _load_document(get_event: Any, name: str, problems: list[Diagnostic],
                     else:
                         if key.__class__ is _Special:
                             if key is _MERGE:
-                                merges[id(cur)].append(value)
+                                merges[id(cur)][0].append(value)
                         else:
                             cur[key] = value
                         key = _NOKEY

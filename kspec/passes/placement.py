@@ -58,6 +58,22 @@ def name_suffix(*parts: str, length: int = 5) -> str:
     return "".join(SAFE_ALPHABET[b % len(SAFE_ALPHABET)] for b in digest[:length])
 
 
+def _generated_names(base: str, namespace: str, seeds: list[str]) -> list[str]:
+    """``base-xxxxx`` names, unique within the workload: on a clash the suffix is drawn
+    again, as the API server's generateName makes the controller retry."""
+    used: set[str] = set()
+    result = []
+    for seed in seeds:
+        attempt = 0
+        name = f"{base}-{name_suffix(namespace, base, seed)}"
+        while name in used:
+            attempt += 1
+            name = f"{base}-{name_suffix(namespace, base, seed, str(attempt))}"
+        used.add(name)
+        result.append(name)
+    return result
+
+
 def _stable_offset(*parts: str) -> int:
     return int.from_bytes(hashlib.sha256("\x00".join(parts).encode()).digest()[:8], "big")
 
@@ -87,7 +103,7 @@ def expand(workload: Workload, nodes: tuple[Node, ...], sink: DiagnosticSink) ->
     if kind == "Deployment":
         rs = f"{name}-{digest}"
         labels["pod-template-hash"] = digest
-        pod_names = [f"{rs}-{name_suffix(ns, rs, str(i))}" for i in range(workload.replicas or 0)]
+        pod_names = _generated_names(rs, ns, [str(i) for i in range(workload.replicas or 0)])
         extra = [{} for _ in pod_names]
         owner = f"ReplicaSet/{rs}"
     elif kind == "StatefulSet":
@@ -97,11 +113,11 @@ def expand(workload: Workload, nodes: tuple[Node, ...], sink: DiagnosticSink) ->
         owner = f"StatefulSet/{name}"
     elif kind == "DaemonSet":
         labels.update({"controller-revision-hash": digest, "pod-template-generation": "1"})
-        pod_names = [f"{name}-{name_suffix(ns, name, node.name)}" for node in eligible]
+        pod_names = _generated_names(name, ns, [node.name for node in eligible])
         extra = [{} for _ in pod_names]
         owner = f"DaemonSet/{name}"
     else:
-        pod_names = [f"{name}-{name_suffix(ns, name, str(i))}" for i in range(workload.replicas or 0)]
+        pod_names = _generated_names(name, ns, [str(i) for i in range(workload.replicas or 0)])
         extra = [{} for _ in pod_names]
         owner = f"{kind}/{name}"
     start = _stable_offset(ns, kind, name) % len(eligible)
