@@ -2,10 +2,10 @@
 
 Generates the pods three times: as a multi-document YAML stream (one object
 per document), as the ``kind: List`` that ``kubectl get pods -o yaml`` prints,
-and as the ``kind: List`` that ``kubectl get pods -o json`` prints. Each load runs in a fresh child process so its peak RSS is
-its own; the figures printed are wall and CPU seconds of ``read_inputs``
-(CPU time is the steadier figure on a shared machine) and the child's peak
-RSS.
+and as the ``kind: List`` that ``kubectl get pods -o json`` prints.  Each
+load runs in a fresh child process so its peak RSS is its own; it prints
+the wall and CPU seconds of ``read_inputs`` (CPU time is the steadier figure
+on a shared machine), the child's peak RSS, and the time of one deep locate.
 
 Run ``python bench/bench_loaders.py [--pods N]``.
 """
@@ -96,7 +96,8 @@ def measure(path: str) -> None:
     t0 = time.perf_counter()
     span = docs[-1].locate(("spec", "containers", 0, "ports", 0, "containerPort"))
     located = time.perf_counter() - t0
-    print(json.dumps({"docs": len(docs), "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "peak_rss_mb": round(peak),
+    print(json.dumps({"docs": len(docs), "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+                      "peak_rss_mb": round(peak),
                       "last_locate": str(span), "locate_ms": round(located * 1000, 2)}))
 
 

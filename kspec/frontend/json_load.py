@@ -32,6 +32,7 @@ KEY = "\x00key"
 _WS = re.compile(r"[ \t\n\r]*")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 _CONSTANT = re.compile(r"-?Infinity|NaN")
+_SYNTAX_HINT = "check the brackets, commas and quotes near this position"
 
 
 class _Duplicate(Exception):
@@ -49,7 +50,7 @@ class _Syntax(Exception):
         super().__init__(message)
         self.message = message
         self.offset = offset
-        self.hint = hint or "check the brackets, commas and quotes near this position"
+        self.hint = hint or _SYNTAX_HINT
 
 
 def _checked_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -189,6 +190,7 @@ class _Loader:
         self.problems: list[Diagnostic] = []
         self.ws = _WS.match
         self.last = (0, 1)  # (offset, line) of the last document start, to count lines incrementally
+        self.count = 0  # documents seen, null ones included
 
     def run(self) -> tuple[list[Document], list[Diagnostic]]:
         text, ws = self.text, self.ws
@@ -201,20 +203,23 @@ class _Loader:
                     pos = self._document(pos)
                 pos = ws(text, pos).end()
         except _Syntax as problem:
-            message = problem.message if problem.message.startswith("invalid JSON") else "invalid JSON: " + problem.message
+            message = problem.message
+            if not message.startswith("invalid JSON"):
+                message = "invalid JSON: " + message
             self._problem(message, problem.offset, problem.offset + 1, problem.hint)
         except _TooMany:
             pass
         return self.docs, self.problems
 
     def _problem(self, message: str, start: int, end: int, hint: str) -> None:
-        self.problems.append(error(message, self.positions.span(start, max(end, start + 1)), hint))
+        self.problems.append(error(message, self.positions.span(start, max(end, start + 1)), hint or _SYNTAX_HINT))
         if len(self.problems) >= MAX_ERRORS:
             self.problems.append(error(f"too many errors in this file (stopped after {MAX_ERRORS})",
                                        self.positions.span(start, start + 1), "fix the errors above first"))
             raise _TooMany()
 
     def _add(self, value: Any, start: int, end: int, items: list[tuple[int, int]] | None = None) -> None:
+        self.count += 1
         if value is None:
             return
         line, _ = self.positions.point(start, *self.last)
@@ -231,7 +236,7 @@ class _Loader:
                 key_spans[("items", i)] = self.positions.span(item_start, item_end, item_start, item_line)
                 base, base_line = item_start, item_line
         locator = JsonLocator(self.positions, start, line, flat)
-        self.docs.append(Document(value, span, "manifest", locator, len(self.docs), key_spans))
+        self.docs.append(Document(value, span, "manifest", locator, self.count - 1, key_spans))
 
     def _document(self, pos: int) -> int:
         if self.text[pos] != "{":
@@ -328,7 +333,8 @@ class _Loader:
             pass
         problems, end = _diagnose(self.text, pos, depth)
         if not problems:
-            problems = [(pos, pos + 1, "this value cannot be read", "check it for very long numbers or deep nesting")]
+            problems = [(pos, pos + 1, "this value cannot be read",
+                         "check it for very long numbers or deep nesting")]
         for start, stop, message, hint in problems:
             self._problem(message, start, stop, hint)
         if end is None:

@@ -219,7 +219,7 @@ def _selector(body: Fields) -> Selector | None:
         labels = _labels(body, "selector")
         return selector_from_labels(labels) if labels else None
     try:
-        return parse_selector(raw, body.span("selector"))
+        return parse_selector(raw, body.origin.at("selector"))
     except InputError as exc:
         body.sink.extend(exc.diagnostics)
         return None

@@ -78,25 +78,22 @@ def read_cidr(value: Any, span: Span, sink: DiagnosticSink, what: str = "CIDR") 
 
 def read_ips(value: Any, span_of, sink: DiagnosticSink, what: str) -> tuple[IPAddress, ...]:
     """One address or a list of up to two (dual-stack), one per family."""
-    items = value if isinstance(value, list) else [value]
-    result: list[IPAddress] = []
-    for index, item in enumerate(items):
-        span = span_of(index) if isinstance(value, list) else span_of(None)
-        address = read_ip(item, span, sink, what)
-        if address is not None:
-            result.append(address)
-    _check_dual_stack(result, span_of(None), sink, what)
-    return tuple(result)
+    return _read_dual(value, span_of, sink, what, read_ip)
 
 
 def read_cidrs(value: Any, span_of, sink: DiagnosticSink, what: str) -> tuple[IPNetwork, ...]:
+    """One CIDR or a list of up to two (dual-stack), one per family."""
+    return _read_dual(value, span_of, sink, what, read_cidr)
+
+
+def _read_dual(value: Any, span_of, sink: DiagnosticSink, what: str, reader) -> tuple:
     items = value if isinstance(value, list) else [value]
-    result: list[IPNetwork] = []
+    result = []
     for index, item in enumerate(items):
         span = span_of(index) if isinstance(value, list) else span_of(None)
-        network = read_cidr(item, span, sink, what)
-        if network is not None:
-            result.append(network)
+        parsed = reader(item, span, sink, what)
+        if parsed is not None:
+            result.append(parsed)
     _check_dual_stack(result, span_of(None), sink, what)
     return tuple(result)
 
