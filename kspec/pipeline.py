@@ -23,6 +23,7 @@ from kspec.passes.endpoints import compute_endpoints
 from kspec.passes.ipam import Ipam
 from kspec.passes.lock import Lock, parse_lock
 from kspec.passes.placement import place
+from kspec.progress import QUIET, Progress
 
 
 @dataclass
@@ -86,7 +87,8 @@ def read_lock_file(path: Path | None, sink: DiagnosticSink) -> Lock:
     return parse_lock(text, str(path), sink)
 
 
-def load(paths: Sequence[str], stdin: IO | None, flags: Flags, lock_path: Path | None = None) -> LoadResult:
+def load(paths: Sequence[str], stdin: IO | None, flags: Flags, lock_path: Path | None = None,
+         progress: Progress = QUIET) -> LoadResult:
     """Everything up to the resolved cluster; errors collected, never raised.
 
     The cyclic garbage collector is paused meanwhile and the result frozen
@@ -97,22 +99,27 @@ def load(paths: Sequence[str], stdin: IO | None, flags: Flags, lock_path: Path |
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load(paths, stdin, flags, lock_path)
+        return _load(paths, stdin, flags, lock_path, progress)
     finally:
+        progress.done()
         gc.freeze()  # the loaded cluster lives until exit: later collections need not scan it
         if enabled:
             gc.enable()
 
 
-def _load(paths: Sequence[str], stdin: IO | None, flags: Flags, lock_path: Path | None) -> LoadResult:
+def _load(paths: Sequence[str], stdin: IO | None, flags: Flags, lock_path: Path | None,
+          progress: Progress) -> LoadResult:
     sink = DiagnosticSink()
+    progress.step("reading inputs")
     parts, count = collect(paths, stdin, flags, sink)
     lock = read_lock_file(lock_path, sink)
     if sink.has_errors:
         return LoadResult(None, sink.sorted(), count)
+    progress.step(f"assembling {len(parts.pods)} pods, {len(parts.workloads)} workloads, {len(parts.services)} services")
     cluster = assemble(parts, flags, sink)
     if sink.has_errors:
         return LoadResult(None, sink.sorted(), count)
+    progress.step("placing pods, allocating addresses, computing endpoints")
     resolved = resolve(cluster, lock, sink)
     if sink.has_errors:
         return LoadResult(None, sink.sorted(), count)

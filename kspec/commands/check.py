@@ -11,6 +11,7 @@ from kspec.diagnostics import Diagnostic, render
 from kspec.frontend.assemble import Flags
 from kspec.model import ResolvedCluster
 from kspec.pipeline import load
+from kspec.progress import Progress
 
 EPILOG = """examples:
   kspec check examples/explainer/cluster.kspec
@@ -104,7 +105,7 @@ def render_summary(facts: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace, flags: Flags, stdin: IO, stdout: IO, stderr: IO) -> int:
-    result = load(args.inputs, stdin, flags, args.lock)
+    result = load(args.inputs, stdin, flags, args.lock, Progress(stderr, None if not args.quiet else False))
     print_diagnostics(result.diagnostics, stderr, args.quiet)
     errors = sum(1 for d in result.diagnostics if d.is_error)
     if errors or result.cluster is None:

@@ -20,6 +20,7 @@ from kspec.compile import compile_cluster
 from kspec.diagnostics import InputError, render
 from kspec.frontend.assemble import Flags
 from kspec.pipeline import load
+from kspec.progress import Progress
 
 EPILOG = """examples:
   kspec compile examples/explainer/cluster.kspec -o out/
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace, flags: Flags, stdin: IO, stdout: IO, stderr: I
               "  hint: choose a new or empty directory; kspec replaces its output directory as a whole", file=stderr)
         return 2
     lock = args.lock if args.lock is not None else target / MARKER
-    result = load(args.inputs, stdin, flags, lock)
+    result = load(args.inputs, stdin, flags, lock, Progress(stderr, None if not args.quiet else False))
     print_diagnostics(result.diagnostics, stderr, args.quiet)
     if result.cluster is None or not result.ok:
         errors = sum(1 for d in result.diagnostics if d.is_error)
