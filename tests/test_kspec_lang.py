@@ -11,6 +11,7 @@ import pathlib
 import random
 import re
 import time
+from importlib import resources
 
 import pytest
 import yaml
@@ -295,7 +296,7 @@ trees = st.recursive(
 )
 
 
-@HYPO
+@settings(HYPO, max_examples=100)
 @given(value=st.dictionaries(keys, trees, max_size=5) | trees, rnd=st.randoms(use_true_random=False))
 def test_generated_documents_round_trip(value: object, rnd: random.Random) -> None:
     text = Writer(rnd).document(value)
@@ -450,6 +451,12 @@ REJECTED = [
     ("a: 1\n- b\n", 2, 1, "'- '"),
     ("a: [b: 1]\n", 1, 6, "[ ]"),
     ("a: {b:, c: 1}\n", 1, 6, "space"),
+    (": a\n", 1, 1, "missing mapping key"),
+    ("- : a\n", 1, 3, "missing mapping key"),
+    ("a: {b: 1]\n", 1, 9, "'}'"),
+    ("a: [1, 2]]\n", 1, 10, "']'"),
+    ("a:\n  -1\n  - 2\n", 3, 3, "'- '"),
+    ("x" * 1100 + ": 1\n", 1, 1, "longer than"),
     ("a: {b\n  : 1}\n", 2, 3, "same line"),
     ("a: [1] x\n", 1, 8, "'x'"),
     ('a: "x"#c\n', 1, 7, "comment"),
@@ -517,6 +524,11 @@ def test_several_scalar_errors_are_reported_together() -> None:
     with pytest.raises(InputError) as info:
         parse_kspec("a: yes\nb: [010, 0x1]\nc: \"\\q\"\n", "m.kspec")
     assert [(d.span.line, d.span.col) for d in info.value.diagnostics] == [(1, 4), (2, 5), (2, 10), (3, 5)]
+
+
+def test_grammar_ships_inside_the_package() -> None:
+    grammar = resources.files("kspec").joinpath("grammar", "kspec.lark")
+    assert grammar.is_file() and "typed_scalar" in grammar.read_text()
 
 
 def test_source_is_registered_for_rendering() -> None:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, BinaryIO, Iterator, Sequence, TextIO
+from functools import partial
+from typing import Any, BinaryIO, Callable, Iterator, Sequence, TextIO
 
+from kspec.gcpause import paused_gc
 from kspec.diagnostics import Diagnostic, InputError, Span, error, register_source
 from kspec.frontend.document import Document, Path
 from kspec.frontend.json_load import load_json
@@ -43,40 +45,46 @@ def read_inputs(paths: Sequence[str], stdin: TextIO | BinaryIO | None
 
     Directories are read recursively in sorted path order, taking ``*.kspec``,
     ``*.yaml``, ``*.yml`` and ``*.json`` and skipping hidden files and
-    directories (symlinked directories are not followed).
+    directories (symlinked directories are not followed).  The cyclic garbage
+    collector is paused while reading (see :mod:`kspec.gcpause`).
     """
     docs: list[Document] = []
     problems: list[Diagnostic] = []
-    for arg in paths:
-        for name, fmt, data in _expand(arg, stdin, problems):
-            try:
-                text = decode(data, name)
-                docs.extend(parse(text, name, fmt or sniff(text)))
-            except InputError as failure:
-                problems.extend(failure.diagnostics)
+    with paused_gc():
+        for arg in paths:
+            for name, fmt, read in _expand(arg, stdin, problems):
+                data = read()
+                if data is None:
+                    continue
+                try:
+                    text = decode(data, name)
+                    del data  # keep only the text: bytes and text together would double the footprint
+                    docs.extend(parse(text, name, fmt or sniff(text)))
+                except InputError as failure:
+                    problems.extend(failure.diagnostics)
     return docs, problems
 
 
 def _expand(arg: str, stdin: TextIO | BinaryIO | None, problems: list[Diagnostic]
-            ) -> Iterator[tuple[str, str | None, bytes | str]]:
-    """(display name, format or None to sniff, content) for each file of one INPUT."""
+            ) -> Iterator[tuple[str, str | None, Callable[[], bytes | str | None]]]:
+    """(display name, format or None to sniff, reader) for each file of one INPUT.
+
+    Readers return the content, or None after recording why it cannot be read;
+    reading lazily keeps one file's bytes in memory at a time.
+    """
     if arg == "-":
         if stdin is None:
             problems.append(error("no standard input to read for '-'", Span.whole(STDIN_NAME),
                                   "pipe the manifests in, or name the files instead of '-'"))
             return
-        data = _read_stream(stdin, STDIN_NAME, problems)
-        if data is not None:
-            yield STDIN_NAME, None, data
+        yield STDIN_NAME, None, lambda: _read_stream(stdin, STDIN_NAME, problems)
         return
     if os.path.isdir(arg):
         found = False
         for rel in _walk_directory(arg, problems):
             found = True
             name = os.path.join(arg, rel)
-            data = _read_file(name, problems)
-            if data is not None:
-                yield name, SUFFIXES[os.path.splitext(rel)[1].lower()], data
+            yield name, SUFFIXES[os.path.splitext(rel)[1].lower()], partial(_read_file, name, problems)
         if not found:
             problems.append(error(f"directory {arg!r} holds no input files", Span.whole(arg),
                                   "inputs end in .kspec, .yaml, .yml or .json (hidden files are skipped)"))
@@ -85,9 +93,7 @@ def _expand(arg: str, stdin: TextIO | BinaryIO | None, problems: list[Diagnostic
         problems.append(error(f"no such file or directory: {arg!r}", Span.whole(arg),
                               "check the path; use '-' to read standard input"))
         return
-    data = _read_file(arg, problems)
-    if data is not None:
-        yield arg, SUFFIXES.get(os.path.splitext(arg)[1].lower()), data
+    yield arg, SUFFIXES.get(os.path.splitext(arg)[1].lower()), partial(_read_file, arg, problems)
 
 
 def _walk_directory(root: str, problems: list[Diagnostic]) -> list[str]:

@@ -17,12 +17,12 @@ that hits it is reported at the first level deeper than 256, like YAML.
 
 from __future__ import annotations
 
-import gc
 import json
 import re
 from array import array
 from typing import Any
 
+from kspec.gcpause import paused_gc
 from kspec.diagnostics import Diagnostic, InputError, Span, error
 from kspec.frontend.document import Document, Path
 
@@ -167,13 +167,8 @@ def load_json(text: str, name: str) -> list[Document]:
     and offsets for :meth:`JsonLocator.within`, so a ``kind: List`` splits
     into per-item documents without re-reading anything.
     """
-    collecting = gc.isenabled()
-    gc.disable()  # the data is acyclic; cyclic GC passes over millions of new dicts cost a lot
-    try:
+    with paused_gc():
         docs, problems = _Loader(text, name).run()
-    finally:
-        if collecting:
-            gc.enable()
     if problems:
         raise InputError(problems)
     return docs

@@ -45,6 +45,9 @@ MAX_ERRORS = 50
 #: plain scalars; a quoted scalar is a string, typed by its shape.
 SCALAR_TYPES = ("ipv4", "ipv6", "cidr4", "cidr6", "portrange", "portspec", "int", "bool", "null", "str")
 
+_TYPED_MARKS = frozenset(".:/-")
+_SHAPE_MAX = 64  # longer than any typed scalar ("ffff:...:255.255.255.255/128" is 49)
+
 # Grammar terminal -> scalar type, in the order they are tried.
 _PLAIN_TERMINALS = (("NULL", "null"), ("BOOL", "bool"), ("INT", "int"))
 _STRING_TERMINALS = (
@@ -95,6 +98,13 @@ def parse_kspec_typed(text: str, filename: str) -> ParsedKspec:
 
 def classify_string(value: str) -> str:
     """The shape of a string: ipv4, ipv6, cidr4, cidr6, portrange, portspec or str."""
+    if len(value) > _SHAPE_MAX or not _TYPED_MARKS.intersection(value):
+        return "str"  # every typed shape is short and has one of . : / -
+    return _classify(value)
+
+
+@lru_cache(maxsize=16384)
+def _classify(value: str) -> str:
     patterns = _patterns()
     for _name, kind in _STRING_TERMINALS:
         if patterns[kind].fullmatch(value):
@@ -185,6 +195,7 @@ class _Build(Transformer):
 
 _LAYOUT: ContextVar["_Layout"] = ContextVar("kspec_layout")
 _LAYOUT_TOKENS = frozenset(["_NL", "_INDENT", "_DEDENT"])
+_CLOSER = {"LSQB": "RSQB", "LBRACE": "RBRACE"}
 
 
 class _LayoutPostLex(PostLex):
@@ -315,7 +326,7 @@ class _Layout:
                                  "move the ':' up to the end of the key's line")
             if kind in ("LSQB", "LBRACE"):
                 self._open_bracket(tok)
-            elif kind in ("RSQB", "RBRACE") and self.brackets:
+            elif kind in ("RSQB", "RBRACE") and self.brackets and _CLOSER[self.brackets[-1].type] == kind:
                 self.brackets.pop()
             yield self._emit(tok)
             self.fresh = False
@@ -493,7 +504,7 @@ def _explain_token(tok: Token, expected: set[str], layout: _Layout, source: Sour
         return error("unexpected indentation", span, "align this line with the lines it belongs with")
     if in_flow and tok.value.startswith(":") and text[tok.start_pos + 1 : tok.start_pos + 2] in tuple(",?[]{}"):
         return _explain_chars(tok.start_pos, layout, source, text)
-    if in_flow and tok.value.startswith(":") and "FLOW_PLAIN" in expected:
+    if in_flow and tok.value.startswith(":") and len(tok.value) > 1 and "FLOW_PLAIN" in expected:
         return error("inside [ ] or { }, a value cannot start with ':'", span,
                      "quote it, e.g. '::1' (an IPv6 address that starts with '::')")
     if ({"COLON", "FCOLON"} & expected) and value_before and kind not in _VALUES:
@@ -502,7 +513,10 @@ def _explain_token(tok: Token, expected: set[str], layout: _Layout, source: Sour
                 else "every line of a mapping is `key: value`; quote the text if it belongs to the value above")
         return error(f"expected ':' after the mapping key {_what(before)}", key_span, hint)
     if kind in ("COLON", "FCOLON"):
-        if before is not None and before.type in ("RSQB", "RBRACE"):
+        if not same_line or before.type in ("LSQB", "LBRACE", "_COMMA", "DASH", "COLON", "FCOLON"):
+            return error("missing mapping key before ':'", span,
+                         "write `key: value`; empty (null) keys are not supported")
+        if before.type in ("RSQB", "RBRACE"):
             return error("a [ ] or { } collection cannot be a mapping key (complex keys are not supported)",
                          span, "use a plain or quoted string as the key")
         if in_flow and layout.brackets[-1].type == "LSQB":
@@ -519,6 +533,10 @@ def _explain_token(tok: Token, expected: set[str], layout: _Layout, source: Sour
     if kind in ("DASH", "DASH_ALONE"):
         if in_flow:
             return error("'- ' entries are not allowed inside [ ] or { }", span, "separate flow entries with ','")
+        if value_before and before.type == "PLAIN" and before.value.startswith("-") and not same_line:
+            return error("a '- ' entry after the value " + _what(before), span,
+                         f"{_what(before)} is one value, not an entry: write '- {_clip(before.value[1:])}' "
+                         "with a space after '-'")
         if same_line:
             return error("a '- ' sequence entry must start its own line", span,
                          "move the entry to the next line, indented under its key")
@@ -546,8 +564,11 @@ def _explain_token(tok: Token, expected: set[str], layout: _Layout, source: Sour
         if value_before and before.type == "PLAIN" and ":" in before.value:
             return error(f"{_what(before)} is not a `key: value` line", _span_of(before, source),
                          "put a space after ':' to separate the key from its value")
-        return error(f"unexpected {_what(tok)} after the end of a value", span,
-                     "a kspec file is one mapping: start each top-level line with `key:`")
+        if before is None:
+            return error(f"unexpected {_what(tok)}", span, f"expected {_expected(expected)}")
+        return error(f"unexpected {_what(tok)}: the line above ended with the complete value {_what(before)}",
+                     span, "a value cannot continue on the next line; indent this line like the keys of the "
+                     "mapping it belongs to")
     return error(f"unexpected {_what(tok)}", span, f"expected {_expected(expected)}")
 
 
@@ -647,6 +668,15 @@ def _quote(text: str) -> str:
 
 def _plain(text: str) -> tuple[Any, str, tuple[str, str] | None]:
     """Value, type and (message, hint) problem of a plain scalar, judged as PyYAML would read it."""
+    return _plain_short(text) if len(text) <= _SHAPE_MAX else _resolve_plain(text)
+
+
+@lru_cache(maxsize=16384)
+def _plain_short(text: str) -> tuple[Any, str, tuple[str, str] | None]:
+    return _resolve_plain(text)  # short values repeat (names, protocols): worth a cache
+
+
+def _resolve_plain(text: str) -> tuple[Any, str, tuple[str, str] | None]:
     tag = _RESOLVER.resolve(yaml.ScalarNode, text, (True, False))
     kind = tag.rsplit(":", 1)[1]
     shown = repr(_clip(text))

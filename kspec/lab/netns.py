@@ -616,6 +616,14 @@ class LabCluster:
         """Tear everything down; safe to call twice."""
         self._finalizer()
 
+    def detach(self) -> None:
+        """Leave the built lab running after this object and this process are gone.
+
+        ``kspec lab up`` hands the lab over to a later ``kspec lab down``, which
+        removes it by prefix; after this, :meth:`close` does nothing.
+        """
+        self._finalizer.detach()
+
     def exec(self, where: str, argv: list[str], timeout: float = 5) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside ``where`` (``node/NAME``, ``pod/NS/NAME``, ``outside``); output captured."""
         ns = self.plan.netns_of(where)

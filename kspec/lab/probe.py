@@ -14,12 +14,19 @@ not outlive its test.
 
 ``connect IP PORT [--proto tcp|udp] [--timeout S]`` prints the reply line and
 exits with a code that says what happened (see the ``EXIT_*`` constants).
+With ``--count N`` it makes N exchanges in one process (starting a client
+per exchange costs more than the exchange) and prints one line per exchange,
+``CODE REPLY-OR-ERROR`` (read back with :meth:`ProbeResult.from_line`),
+exiting 0; ``--give-up-after K`` stops after K timed-out exchanges, which
+bounds the time a black-holed destination costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import io
 import socket
 import sys
 import time
@@ -61,6 +68,18 @@ class ProbeResult:
             return None
         return ProbeResult(False, outcome == "refused", outcome == "timed out", None, None, None,
                            f"{outcome}: {stderr.strip()}", outcome == "unreachable")
+
+
+    @staticmethod
+    def from_line(line: str) -> "ProbeResult | None":
+        """Read one ``CODE REPLY-OR-ERROR`` line of ``connect --count``; None when it is not one."""
+        code, _, rest = line.strip().partition(" ")
+        if not code.isdigit():
+            return None
+        returncode = int(code)
+        if returncode == EXIT_OK:
+            return ProbeResult.from_client(returncode, rest, "")
+        return ProbeResult.from_client(returncode, "", rest)
 
 
 def _reply(name: str, peer: tuple[str, int]) -> bytes:
@@ -154,6 +173,21 @@ def connect(ip: str, port: int, proto: str, timeout: float) -> int:
     return EXIT_OK
 
 
+def connect_many(ip: str, port: int, proto: str, timeout: float, count: int, give_up_after: int) -> int:
+    """``count`` exchanges, one ``CODE REPLY-OR-ERROR`` line each; stop after ``give_up_after`` timeouts."""
+    timeouts = 0
+    for _ in range(count):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = connect(ip, port, proto, timeout)
+        text = (out.getvalue() if code == EXIT_OK else err.getvalue()).strip().replace("\n", " ")
+        print(f"{code} {text}", flush=True)
+        timeouts += code == EXIT_TIMEOUT
+        if give_up_after and timeouts >= give_up_after:
+            break
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probe", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +202,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("port", type=int)
     c.add_argument("--proto", choices=PROTOCOLS, default="tcp")
     c.add_argument("--timeout", type=float, default=2.0)
+    c.add_argument("--count", type=int, default=0, help="make N exchanges, one 'CODE REPLY-OR-ERROR' line each")
+    c.add_argument("--give-up-after", type=int, default=0, help="with --count: stop after this many timeouts")
     return parser
 
 
@@ -181,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_UNREACHABLE
         except KeyboardInterrupt:
             return EXIT_OK
+    if args.count > 0:
+        return connect_many(args.ip, args.port, args.proto, args.timeout, args.count, args.give_up_after)
     return connect(args.ip, args.port, args.proto, args.timeout)
 
 
