@@ -1011,3 +1011,22 @@ def down(name: str) -> Removed:
         raise LabError(f"could not delete namespace {left[0]} of lab {name}")
     state.remove(name)
     return Removed(tuple(names), stopped, record is not None or problem is not None, problem or "")
+
+
+def render_up(prep: Prepared, record: state.LabState) -> str:
+    """What ``up`` built: one line per namespace, the responders, where the record is."""
+    lab = prep.plan
+    lines = [f"kspec lab up: lab {prep.name} is up ({len(lab.namespaces)} namespaces with prefix {lab.prefix})"]
+    rows = [("switch", lab.switch, f"router {lab.router}" if lab.router else "")]
+    rows += [("node", n.netns, f"{n.name} {n.ip}") for n in lab.nodes]
+    rows += [("pod", p.netns, f"{p.namespace}/{p.name} {p.ip} on {p.node}") for p in lab.pods if not p.host_network]
+    if lab.outside is not None:
+        rows.append(("outside", lab.outside.netns, str(lab.outside.ip)))
+    width = max(len(r[1]) for r in rows)
+    lines += [f"  {kind:<8} {ns.ljust(width)}  {what}".rstrip() for kind, ns, what in rows]
+    served = ", ".join(f"{r.name} {r.port}/{r.proto}" for r in record.responders) or "none"
+    lines.append(f"  responders: {served}")
+    lines += [f"  note: {n}" for n in record.notes]
+    lines.append(f"  record: {state.state_path(prep.name)}")
+    lines.append(f"  next: kspec lab probe --name {prep.name} INPUT...; kspec lab down --name {prep.name}")
+    return "\n".join(lines) + "\n"
