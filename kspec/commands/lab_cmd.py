@@ -34,6 +34,7 @@ exit codes: 0 every check observed as expected (up/down: done),
             1 some observation differs (probe), 2 input, usage or machine error
 """
 
+_DEFAULTS = command.ProbeOptions()
 _HINTS = {
     "root": "run it as root (e.g. sudo kspec lab ...): it creates network namespaces and changes nothing outside them",
 }
@@ -66,13 +67,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     up.add_argument("--lifetime", type=float, default=86400.0, metavar="SECONDS",
                     help="responders exit by themselves after this long (default 86400)")
     probe.add_argument("--format", choices=("text", "json"), default="text", help="report format")
-    probe.add_argument("--tries", type=int, default=command.ProbeOptions.tries, metavar="N",
+    probe.add_argument("--tries", type=int, default=_DEFAULTS.tries, metavar="N",
                        help="connections per service check (default 12)")
-    probe.add_argument("--pods-per-node", type=int, default=command.ProbeOptions.pods_per_node, metavar="N",
+    probe.add_argument("--pods-per-node", type=int, default=_DEFAULTS.pods_per_node, metavar="N",
                        help="client pods sampled on each node (default 1)")
-    probe.add_argument("--timeout", type=float, default=command.ProbeOptions.timeout, metavar="SECONDS",
+    probe.add_argument("--timeout", type=float, default=_DEFAULTS.timeout, metavar="SECONDS",
                        help="per connection; a refusal must come sooner (default 1)")
-    probe.add_argument("--jobs", type=int, default=command.ProbeOptions.workers, metavar="N",
+    probe.add_argument("--jobs", type=int, default=_DEFAULTS.workers, metavar="N",
                        help="probe clients run at once (default 8)")
     for parser in (up, probe, down):
         parser.set_defaults(run=run)
@@ -95,10 +96,10 @@ def _fail(stderr: IO, action: str, message: str, hint: str) -> int:
 
 
 def _options(args: argparse.Namespace) -> tuple[command.ProbeOptions, str | None]:
-    tries = getattr(args, "tries", command.ProbeOptions.tries)
-    per_node = getattr(args, "pods_per_node", command.ProbeOptions.pods_per_node)
-    timeout = getattr(args, "timeout", command.ProbeOptions.timeout)
-    jobs = getattr(args, "jobs", command.ProbeOptions.workers)
+    tries = getattr(args, "tries", _DEFAULTS.tries)
+    per_node = getattr(args, "pods_per_node", _DEFAULTS.pods_per_node)
+    timeout = getattr(args, "timeout", _DEFAULTS.timeout)
+    jobs = getattr(args, "jobs", _DEFAULTS.workers)
     if not 1 <= tries <= 1000:
         return command.ProbeOptions(), "--tries must be between 1 and 1000"
     if not 0 <= per_node <= 100:
@@ -184,11 +185,8 @@ def _up_or_probe(action: str, name: str, args: argparse.Namespace, flags: Flags,
     report = command.probe_running(prep, record, options) if record is not None else command.probe_once(prep, options)
     if args.format == "json":
         stdout.write(command.render_json(report))
-    elif args.quiet:
-        stdout.write(command.render_text(command.Report(report.name, report.prefix, report.mode, report.differing,
-                                                        (), report.timeout)))
     else:
-        stdout.write(command.render_text(report))
+        stdout.write(command.render_text(report, only_differing=args.quiet))
     return report.exit_code
 
 

@@ -263,6 +263,10 @@ def _syntax_diagnostic(exc: yaml.YAMLError, name: str, text: str) -> Diagnostic:
                      "remove it, or escape it inside a double-quoted string (\"\\u0001\")")
     mark = exc.problem_mark
     problem = exc.problem or "invalid YAML"
+    if "maximum nesting depth" in problem:  # newer libyaml builds stop deep nesting themselves
+        span = Span(name, mark.line + 1, mark.column + 1, mark.line + 1, mark.column + 2)
+        return error(f"nesting deeper than {MAX_DEPTH} levels", span,
+                     "flatten the structure; no Kubernetes object nests this deep")
     message = f"invalid YAML: {problem}"
     context_mark = getattr(exc, "context_mark", None)
     if exc.context and context_mark is not None:
