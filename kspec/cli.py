@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Sequence
 
 from kspec import __version__
-from kspec.commands import check, compile_cmd, schema_cmd, verify_cmd
+from kspec.commands import check, compile_cmd, lab_cmd, schema_cmd, verify_cmd
 from kspec.frontend.assemble import Flags
 
 EXIT_OK, EXIT_VIOLATED, EXIT_INPUT, EXIT_UNKNOWN = 0, 1, 2, 3
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify_parser.add_argument("--disable", action="append", metavar="IDS",
                                help="run but silence these invariants (findings counted as suppressed)")
     verify_parser.set_defaults(run=verify_cmd.run)
+    lab_cmd.add_parser(commands)
     schema_parser = commands.add_parser("schema", help="print the JSON Schema of the kspec language",
                                         description="Print the JSON Schema of the kspec language (for editors).")
     schema_parser.set_defaults(run=schema_cmd.run)

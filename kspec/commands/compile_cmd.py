@@ -62,6 +62,10 @@ def write_atomically(target: Path, files: list[tuple[str, str]]) -> None:
         raise
 
 
+def _size(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.1f} kB"
+
+
 def run(args: argparse.Namespace, flags: Flags, stdin: IO, stdout: IO, stderr: IO) -> int:
     target = Path(args.output)
     if target.exists() and (not target.is_dir() or not _looks_like_output(target)):
@@ -96,5 +100,5 @@ def run(args: argparse.Namespace, flags: Flags, stdin: IO, stdout: IO, stderr: I
         nodes = len({p.split("/")[1] for p, _ in files if p.startswith("nodes/")})
         size = sum(len(t) for _, t in files)
         print(f"kspec compile: wrote {len(files)} files for {nodes} node{'s' if nodes != 1 else ''} "
-              f"({cluster.settings.proxy.mode} mode, {size / 1e6:.1f} MB) to {target}", file=stdout)
+              f"({cluster.settings.proxy.mode} mode, {_size(size)}) to {target}", file=stdout)
     return 0

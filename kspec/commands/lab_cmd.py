@@ -6,9 +6,10 @@ import argparse
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from kspec.commands.check import print_diagnostics
 from kspec.compile import compile_cluster
@@ -35,9 +36,8 @@ exit codes: 0 every check observed as expected (up/down: done),
 """
 
 _DEFAULTS = command.ProbeOptions()
-_HINTS = {
-    "root": "run it as root (e.g. sudo kspec lab ...): it creates network namespaces and changes nothing outside them",
-}
+_ROOT_HINT = "run it as root (e.g. sudo kspec lab ...): it creates network namespaces and changes nothing outside them"
+_MACHINE_HINT = "the lab needs Linux, root, iproute2, iptables and br_netfilter"
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -125,8 +125,7 @@ def run(args: argparse.Namespace, flags: Flags | None, stdin: IO, stdout: IO, st
     try:
         check_environment()
     except LabUnavailable as exc:
-        hint = _HINTS["root"] if "root" in str(exc) else "the lab needs Linux, root, iproute2, iptables and br_netfilter"
-        return _fail(stderr, action, str(exc), hint)
+        return _fail(stderr, action, str(exc), _ROOT_HINT if "root" in str(exc) else _MACHINE_HINT)
     try:
         with _terminate_as_interrupt():
             if action == "down":
@@ -137,8 +136,8 @@ def run(args: argparse.Namespace, flags: Flags | None, stdin: IO, stdout: IO, st
     except LabUnavailable as exc:
         return _fail(stderr, action, str(exc), "use iptables mode, or a machine that can run this lab")
     except (LabError, state.StateError, OSError) as exc:
-        return _fail(stderr, action, str(exc), f"nothing of this run is left behind; `kspec lab down --name {name}` "
-                     "removes a lab left by an earlier run")
+        return _fail(stderr, action, str(exc), f"this run left nothing behind; `kspec lab down --name {name}` "
+                     "removes what an earlier run left, then try again")
 
 
 def _down(name: str, quiet: bool, stdout: IO, stderr: IO) -> int:

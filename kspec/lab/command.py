@@ -31,6 +31,13 @@ meets, as ``kspec verify`` proves it over the rules:
 Not probed, with a note: SCTP ports, IPv6 (the lab builds IPv4 only),
 external and load-balancer IPs (nothing routes them to the lab), endpoints
 that are no pod of the lab.
+
+Refused before anything is built: ipvs mode (no IPVS in this kernel), any
+address outside 198.18.0.0/15 unless allowed explicitly, any lab address or
+range overlapping a network of the host (read, never changed, with
+``ip -j addr``/``ip -j route``), labs over :data:`MAX_NAMESPACES`.
+``--rules DIR`` loads an existing (perhaps edited) compile output instead
+of the fresh one, so probing shows where those rules break the spec.
 """
 
 from __future__ import annotations
@@ -45,10 +52,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
 from kspec.diagnostics import Diagnostic, InputError, Span, error
 from kspec.frontend.document import Origin
@@ -193,14 +200,13 @@ class Expected:
         if self.outcome == "timeout":
             return "dropped (timeout)"
         names = ", ".join(self.responders)
-        spread = ""
-        if self.max_distinct == 1 and len(self.responders) > 1:
-            spread = " (the same one each time)"
-        elif self.min_distinct > 1:
-            spread = f" (>= {self.min_distinct} of them)"
         source = f"; source {self.source}" if self.source else ""
-        only = "only " if len(self.responders) > 1 else ""
-        return f"ok x{tries}: {only}{names}{spread}{source}"
+        if len(self.responders) == 1:
+            return f"ok x{tries}: {names}{source}"
+        if self.max_distinct == 1:
+            return f"ok x{tries}: one of {names}, the same each time{source}"
+        spread = f" (>= {self.min_distinct} of them)" if self.min_distinct > 1 else ""
+        return f"ok x{tries}: only {names}{spread}{source}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,7 +421,9 @@ def _usable(backends: Sequence[Backend]) -> list[Backend]:
     return [b for b in backends if b.ready] or [b for b in backends if b.serving and b.terminating]
 
 
-def _port_view(svc: Service, port: ServicePort, ip: str, backends: list[Backend], names: Mapping[Backend, str]) -> _Port:
+def _port_view(
+    svc: Service, port: ServicePort, ip: str, backends: list[Backend], names: Mapping[Backend, str]
+) -> _Port:
     by_node: dict[str, list[Backend]] = {}
     for b in backends:
         if b.node is not None:
@@ -475,15 +483,18 @@ def _node_port_checks(
     for node in lab.nodes:
         label = f"{sp.service.namespace}/{sp.service.name}:{sp.port.node_port}"
         args = ("node-port", "KS203", "outside", label, str(node.ip.ip), sp.port.node_port or 0, sp.proto)
-        if not sp.has_endpoints or not (open_everywhere or any(node.ip.ip in c for c in npa)):
+        local = sp.local.get(node.name, ())
+        # kube-proxy's REJECT (no endpoints) and DROP (no local one) match every local address,
+        # whatever --nodeport-addresses says; only the DNAT is limited to those addresses
+        if not sp.has_endpoints:
             yield Check(*args, 1, Expected("refused"))
+        elif local_policy and not local:
+            yield Check(*args, 1, Expected("timeout"))
+        elif not (open_everywhere or any(node.ip.ip in c for c in npa)):
+            yield Check(*args, 1, Expected("refused"))  # no DNAT: the node itself answers with a reset
         elif local_policy:
-            names = sp.local.get(node.name, ())
-            if names:
-                low, high = _spread(sp, names)
-                yield Check(*args, options.tries, Expected("ok", names, low, high, outside_ip))
-            else:
-                yield Check(*args, 1, Expected("timeout"))
+            low, high = _spread(sp, local)
+            yield Check(*args, options.tries, Expected("ok", local, low, high, outside_ip))
         else:
             yield Check(*args, options.tries, Expected("ok", sp.cluster, 1, _spread(sp, sp.cluster)[1]))
 
@@ -529,7 +540,7 @@ def read_host_networks() -> list[HostNetwork]:
     """What the host (this process's namespace) has configured; reading only, both families."""
     texts = []
     for argv in (("ip", "-j", "addr", "show"), ("ip", "-j", "route", "show"), ("ip", "-j", "-6", "route", "show")):
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
         if done.returncode != 0:
             raise LabUnavailable(f"cannot read the host's networks ({' '.join(argv)}): {done.stderr.strip()}")
         texts.append(done.stdout)
@@ -571,7 +582,9 @@ def _host(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> IPNetwork:
     return ipaddress.ip_network(address)
 
 
-def host_overlaps(cluster: ResolvedCluster, lab: LabPlan, host: Sequence[HostNetwork], shown: int = 20) -> list[Diagnostic]:
+def host_overlaps(
+    cluster: ResolvedCluster, lab: LabPlan, host: Sequence[HostNetwork], shown: int = 20
+) -> list[Diagnostic]:
     """One error per lab address or range that overlaps a network configured on the host.
 
     The lab's namespaces are never linked to the host, but a lab address that
@@ -664,7 +677,8 @@ def judge(check: Check, results: Sequence[ProbeResult], failure: str = "") -> Ve
         elif exp.max_distinct is not None and len(names) > exp.max_distinct:
             problem = f"{len(names)} distinct responders, expected at most {exp.max_distinct}"
         elif exp.source is not None and sources != (exp.source,):
-            problem = f"the responder saw source {', '.join(sources)} instead of {exp.source}"
+            wrong = ", ".join(s for s in sources if s != exp.source)
+            problem = f"the responder saw source {wrong} instead of {exp.source} (the client's own address)"
     return replace(verdict, ok=not problem, problem=problem)
 
 
@@ -698,7 +712,7 @@ def render_text(report: Report, only_differing: bool = False) -> str:
         for v in shown
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS) - 1)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows] if shown else []
     for v in report.differing:
         lines.append(f"differs: {v.check.kind} ({v.check.invariant}) from {v.check.client} to {v.check.to}: "
                      f"{v.problem}")
@@ -807,7 +821,7 @@ def _wait_all_ready(procs: list[tuple[subprocess.Popen[str], Responder]], timeou
                 names = ", ".join(f"{r.where} {r.port}/{r.proto}" for _, r in pending.values())
                 raise LabError(f"responders did not start within {timeout:g} s: {names}{_log_tail(log)}")
             for key, _ in events:
-                proc, r = pending.pop(key.fileobj)
+                _, r = pending.pop(key.fileobj)
                 sel.unregister(key.fileobj)
                 if key.fileobj.readline().strip() != probe.READY:
                     raise LabError(f"responder on {r.where} port {r.port}/{r.proto} did not start"
@@ -870,12 +884,12 @@ def run_checks(lab: LabPlan, checks: Sequence[Check], options: ProbeOptions) -> 
 
 
 def _run_check(lab: LabPlan, check: Check, timeout: float) -> Verdict:
-    argv = ["ip", "netns", "exec", lab.netns_of(check.client), sys.executable, *_PYTHON_FLAGS, PROBE_SCRIPT, "connect", check.ip,
-            str(check.port), "--proto", check.proto, "--timeout", f"{timeout:g}", "--count", str(check.tries),
-            "--give-up-after", str(_GIVE_UP_AFTER)]
+    argv = ["ip", "netns", "exec", lab.netns_of(check.client), sys.executable, *_PYTHON_FLAGS, PROBE_SCRIPT,
+            "connect", check.ip, str(check.port), "--proto", check.proto, "--timeout", f"{timeout:g}",
+            "--count", str(check.tries), "--give-up-after", str(_GIVE_UP_AFTER)]
     limit = timeout * min(check.tries, _GIVE_UP_AFTER) + check.tries * 0.5 + 10
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=limit)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=limit, check=False)
     except subprocess.TimeoutExpired:
         return judge(check, (), f"no result within {limit:g} s")
     results = [ProbeResult.from_line(line) for line in done.stdout.splitlines() if line.strip()]
@@ -892,7 +906,6 @@ class Prepared:
     """Everything a lab command needs, computed before anything is built."""
 
     name: str
-    cluster: ResolvedCluster
     plan: LabPlan
     files: Mapping[str, NodeFiles]
     expectations: Expectations
@@ -925,14 +938,15 @@ def prepare(
     print_ = fingerprint(lab, files)
     if rules_dir is not None:
         files = netns.node_files_from_dir(rules_dir, lab)
-    return Prepared(name, cluster, lab, files, expectations(cluster, lab, options), print_, tuple(inputs))
+    paths = tuple(p if p == "-" else str(Path(p).resolve()) for p in inputs)
+    return Prepared(name, lab, files, expectations(cluster, lab, options), print_, paths)
 
 
 def up(prep: Prepared, lifetime: float) -> state.LabState:
     """Build the lab, start its responders and leave them running; on any failure remove it all."""
-    record = _new_record(prep)
     started: list[state.ResponderProcess] = []
     lab = LabCluster(prep.plan, files=prep.files)
+    record = _new_record(prep)  # outside the try: a lab that is busy is not ours to remove
     try:
         lab.build()
         start_responders(prep.plan, prep.expectations.responders, lifetime, state.log_path(prep.name), started)
@@ -978,9 +992,9 @@ def probe_running(prep: Prepared, record: state.LabState, options: ProbeOptions)
 
 def probe_once(prep: Prepared, options: ProbeOptions, lifetime: float = 600.0) -> Report:
     """Build the lab, probe it and remove it again, whatever happens meanwhile."""
-    _new_record(prep)
     started: list[state.ResponderProcess] = []
     lab = LabCluster(prep.plan, files=prep.files)
+    _new_record(prep)
     try:
         lab.build()
         start_responders(prep.plan, prep.expectations.responders, lifetime, state.log_path(prep.name), started)

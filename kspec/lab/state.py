@@ -59,7 +59,7 @@ class LabState:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     @staticmethod
-    def from_json(text: str, where: str) -> "LabState":
+    def from_json(text: str, where: str) -> LabState:
         try:
             data = json.loads(text)
             if data.get("version") != STATE_VERSION:

@@ -259,6 +259,7 @@ class Program:
         self.local = local
         self.chains: dict[tuple[str, str], CChain] = {}
         self.by_rule: dict[int, CRule] = {}
+        self.by_line: dict[int, CRule] = {}
         self._atom_cache: dict[int, tuple] = {}
         for table in ruleset.tables.values():
             for chain in table.chains.values():
@@ -285,6 +286,7 @@ class Program:
         kind, arg, action = self._target(rule)
         cr = CRule(rule, tuple(atoms), kind, arg, action)
         self.by_rule[id(rule)] = cr
+        self.by_line[rule.line] = cr
         return cr
 
     def _atoms(self, match: Match, rule: Rule) -> Iterable[tuple]:
@@ -488,14 +490,25 @@ def _unlink(linked) -> tuple:
     return tuple(reversed(out))
 
 
+class TooManyPaths(Exception):
+    """The walk forked more often than a kube-proxy rule set ever makes it (a pathological rule set)."""
+
+
 class _Walker:
-    def __init__(self, program: Program, mode: str, choices=None, max_leaves: int = 100_000) -> None:
+    def __init__(self, program: Program, mode: str, choices=None, max_leaves: int = 50_000) -> None:
         self.program = program
         self.mode = mode  # concrete | refine | symbolic
         self.choices = choices
         self.choice_index = 0
         self.max_leaves = max_leaves
+        self.forks = 0
         self._finished: list[Leaf] = []
+
+    def _fork(self, st: Leaf) -> Leaf:
+        self.forks += 1
+        if self.forks > self.max_leaves:
+            raise TooManyPaths(f"the rules split these packets into more than {self.max_leaves} paths")
+        return st.copy()
 
     # -- hooks
 
@@ -699,7 +712,7 @@ class _Walker:
             outside = domain - values
             if not outside:
                 return [(st, not negated)]
-            yes, no = st, st.copy()
+            yes, no = st, self._fork(st)
             if self.mode == "symbolic" and st.sym >> fld & 1:
                 yes.guard = ((atom, True), yes.guard)
                 no.guard = ((atom, False), no.guard)
@@ -733,7 +746,7 @@ class _Walker:
                     continue  # a zero-probability branch never happens
             else:
                 p = 1.0
-            branch = st.copy() if value else st
+            branch = self._fork(st) if value else st
             branch.picks = ((line, text, value), branch.picks)
             branch.prob = st.prob * p
             if what != "statistic" and value:
@@ -745,10 +758,13 @@ class _Walker:
         if self.mode == "concrete":
             value = self._given(line)
             st.opaque = ((line, atom[1], value), st.opaque)
+            st.picks = ((line, atom[1], value), st.picks)
             return [(st, value)]
-        yes = st.copy()
+        yes = self._fork(st)
         yes.opaque = ((line, atom[1], True), st.opaque)
+        yes.picks = ((line, atom[1], True), st.picks)
         st.opaque = ((line, atom[1], False), st.opaque)
+        st.picks = ((line, atom[1], False), st.picks)
         return [(yes, True), (st, False)]
 
     def _given(self, line: int) -> bool:
@@ -873,7 +889,7 @@ def to_trace(leaf: Leaf, packet: Packet, family: int) -> Trace:
                    _text(final_dst, family) if type(final_dst) is int else packet.dst,
                    final_port if type(final_port) is int else packet.dport, leaf.mark)
     assumed = tuple(f"line {line}: {text} {'matches' if value else 'does not match'}"
-                    for line, text, value in leaf.pick_list() + leaf.opaque_list())
+                    for line, text, value in leaf.pick_list())
     return Trace(packet, leaf.step_list(), leaf.verdict, final, dnat_text(leaf.dnat, family), leaf.snat,
                  leaf.mark, assumed)
 

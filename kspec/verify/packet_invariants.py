@@ -1,0 +1,999 @@
+"""KS201-KS205: what a node's iptables rules (and routes) really do to packets.
+
+The rule TEXT is parsed (:mod:`kspec.dataplane.iptables_save`), compiled for
+the node (:class:`~kspec.verify.chains.Program`) and walked, so a compiler
+bug or a hand edit on a live node is a finding. Two kinds of question:
+
+* **about one service port** (KS202, KS203, KS204, KS205 "missing"): the
+  packets to one (address, port, protocol) from a class of sources (the
+  node's pods, the node itself, the outside world). The walk is exact over
+  interval sets of sources and forks at every ``statistic``/``recent`` rule,
+  so its leaves are *all* the outcomes, each with the exact sources that
+  reach it and a non-zero probability path; comparing them with what
+  kube-proxy's endpoint selection says (ready endpoints, the serving-
+  terminating fallback, internal/external traffic policy, source ranges)
+  decides the invariant without a solver. It only visits the rules indexed
+  under that destination, so 10,000 services cost 10,000 small walks.
+* **about all packets** (KS201: no pod-to-pod packet is rewritten, dropped or
+  masqueraded; KS205: no rule sends packets the spec does not have into a
+  service's chains): the walk keeps the packet symbolic and Z3 decides
+  whether any packet reaches a bad leaf; a rule whose own match already
+  pins a point the spec allows needs no solver.
+
+Every counterexample is replayed through :func:`~kspec.verify.chains.trace_packet`
+before it is shown; a violation that depends on a match kspec does not model
+(``-m set``, ``physdev``...) is UNKNOWN with the reason, never PROVED.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+import weakref
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from kspec.backends import kube_chains as kc
+from kspec.backends import routes as route_conventions
+from kspec.dataplane import iptables_save, routes_batch
+from kspec.diagnostics import Span, register_source
+from kspec.model import Backend, IPNetwork, Node, ResolvedCluster, Service, ServicePort
+from kspec.verify import chains
+from kspec.verify.catalogue import CATALOGUE
+from kspec.verify.chains import Hooks, Leaf, Packet, Program
+from kspec.verify.encode import (
+    DPORT,
+    DST,
+    EMPTY,
+    PROTO,
+    SAT,
+    SPORT,
+    SRC,
+    UNKNOWN as Z3_UNKNOWN,
+    Intervals,
+    PacketVars,
+    Solver,
+    ip_text,
+    member,
+    universe,
+)
+from kspec.verify.result import PROVED, UNKNOWN, VIOLATED, Finding, Location, Verdict
+from kspec.verify.spans import located, suppression
+
+PACKET_IDS = ("KS201", "KS202", "KS203", "KS204", "KS205")
+BRIDGE = route_conventions.BRIDGE
+SERVICE_CHAIN_PREFIXES = (kc.SVC_PREFIX, kc.SVL_PREFIX, kc.EXT_PREFIX, kc.FW_PREFIX)
+SPORT_WITNESS = 40000
+OUTSIDE_WITNESSES = ("203.0.113.7", "198.51.100.7", "192.0.2.7", "2001:db8:ffff::7")
+MAX_FINDINGS_PER_SUBJECT = 4
+
+
+# --- the spec, as kube-proxy's endpoint selection reads it -------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """What must happen to a packet: DNAT to one of ``endpoints`` (each reachable), or a refusal."""
+
+    endpoints: frozenset[tuple[int, int]] = frozenset()
+    refuse: str = ""  # "REJECT" | "DROP" when no endpoint may be used
+    masquerade: bool | None = None  # for external sources: SNAT expected (eTP Cluster) or forbidden (Local)
+
+    @property
+    def dnat(self) -> bool:
+        return not self.refuse
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    """One service port of one IP family, and what this node must do with its traffic."""
+
+    service: Service
+    port: ServicePort
+    name: str  # ns/name:port, kube-proxy's ServicePortName
+    proto: int
+    hash: str
+    cluster_ip: int
+    external_ips: tuple[int, ...]
+    lb_ips: tuple[int, ...]
+    source_ranges: Intervals | None
+    node_port: int
+    hc_port: int
+    has_any: bool
+    internal: Expect
+    external: Expect
+    endpoints: dict[tuple[int, int], Backend] = field(hash=False)
+
+    @property
+    def label(self) -> str:
+        return f"service {self.service.namespace}/{self.service.name}"
+
+    @property
+    def port_label(self) -> str:
+        return f"port {self.port.name or self.port.port}/{self.port.protocol}"
+
+    @property
+    def externally_accessible(self) -> bool:
+        return bool(self.node_port or self.lb_ips or self.external_ips)
+
+
+def port_specs(cluster: ResolvedCluster, node: Node, family: int) -> list[PortSpec]:
+    """Every proxied service port of ``family`` with the outcomes kube-proxy's rules must have on ``node``."""
+    out = []
+    for svc in sorted(cluster.services, key=lambda s: (s.namespace, s.name)):
+        if svc.headless or svc.type == "ExternalName" or svc.external_name is not None:
+            continue
+        cluster_ip = next((ip for ip in svc.cluster_ips if ip.version == family), None)
+        if cluster_ip is None:
+            continue
+        eps = cluster.endpoints.get(svc.key)
+        by_port = {(pe.port.name, pe.port.protocol): pe.backends for pe in eps.ports} if eps else {}
+        for port in sorted(svc.ports, key=lambda p: (p.name, p.protocol)):
+            backends = [b for b in by_port.get((port.name, port.protocol), ()) if b.ip.version == family]
+            out.append(_port_spec(svc, port, int(cluster_ip), backends, node.name, family))
+    return out
+
+
+def _port_spec(svc: Service, port: ServicePort, cluster_ip: int, backends: list[Backend], node: str,
+               family: int) -> PortSpec:
+    name = kc.service_port_name(svc.namespace, svc.name, port.name)
+    proto = port.protocol.lower()
+    chosen: dict[tuple[int, int], Backend] = {}
+    for b in backends:  # kube-proxy keeps one endpoint per ip:port, the local copy if there is one
+        key = (int(b.ip), b.port)
+        if key not in chosen or (b.node == node and chosen[key].node != node):
+            chosen[key] = b
+    eps = list(chosen.items())
+    accessible = svc.type in ("NodePort", "LoadBalancer") or (svc.type == "ClusterIP" and bool(svc.external_ips))
+    internal_local = svc.internal_traffic_policy == "Local"
+    external_local = accessible and svc.external_traffic_policy == "Local"
+    uses_cluster = not internal_local or accessible
+    uses_local = internal_local or external_local
+
+    def fallback(pool: list) -> frozenset:
+        ready = frozenset(k for k, b in pool if b.ready)
+        return ready or frozenset(k for k, b in pool if b.serving and b.terminating)
+
+    cluster_eps = fallback(eps) if uses_cluster else frozenset()
+    has_any = bool(cluster_eps) or (uses_local and any(b.ready or (b.serving and b.terminating) for _, b in eps))
+    local_eps = fallback([(k, b) for k, b in eps if b.node == node]) if uses_local else frozenset()
+    refusal = "DROP" if has_any else "REJECT"
+
+    def policy(local: bool, masquerade: bool | None) -> Expect:
+        pool = local_eps if local else cluster_eps
+        if not has_any or not pool:
+            return Expect(refuse=refusal)
+        return Expect(pool, masquerade=masquerade)
+
+    node_port = port.node_port or 0 if svc.type in ("NodePort", "LoadBalancer") else 0
+    ranges = [c for c in svc.load_balancer_source_ranges if c.version == family]
+    lb_ips = tuple(int(ip) for ip in svc.load_balancer_ips if ip.version == family) if svc.type == "LoadBalancer" \
+        else ()
+    hc = svc.health_check_node_port if svc.type == "LoadBalancer" and external_local else None
+    return PortSpec(
+        service=svc, port=port, name=name, proto=chains.protocol_number(proto),
+        hash=kc.port_proto_hash(name, proto), cluster_ip=cluster_ip,
+        external_ips=tuple(int(ip) for ip in svc.external_ips if ip.version == family),
+        lb_ips=lb_ips, source_ranges=Intervals.of_networks(ranges) if ranges else None,
+        node_port=node_port, hc_port=hc or 0, has_any=has_any,
+        internal=policy(internal_local, None), external=policy(external_local, not external_local),
+        endpoints=dict(eps),
+    )
+
+
+# --- the per-node context ------------------------------------------------------------------
+
+
+@dataclass
+class _Problem:
+    invariant: str
+    key: tuple
+    message: str
+    locations: tuple[Location, ...] = ()
+    witness: str = ""
+    subject: str = ""
+    unknown: str = ""  # non-empty: undecided, for this reason
+    suppressed: str | None = None
+    details: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Question:
+    """Packets from one class of sources to one destination, and what must happen to them."""
+
+    invariant: str
+    spec: PortSpec
+    what: str  # "cluster IP", "external IP", "load-balancer IP", "nodePort"
+    origin: str
+    iif: str | None
+    src: Intervals
+    dst: int
+    dport: int
+    regions: tuple[tuple[Intervals, Expect], ...]
+    sources: str  # "pods on node-1", "node node-1", "outside sources"
+
+
+class _ClusterIndex:
+    """Cluster-wide lookups built once per cluster (verify runs check_node once per node)."""
+
+    def __init__(self, cluster: ResolvedCluster) -> None:
+        self.pods_by_ip: dict[int, object] = {}
+        self.pods_by_node: dict[str, list] = defaultdict(list)
+        for pod in cluster.pods:
+            if pod.host_network:
+                continue
+            for ip in pod.ips:
+                self.pods_by_ip.setdefault(int(ip), pod)
+            if pod.node:
+                self.pods_by_node[pod.node].append(pod)
+        self.pod_net: dict[int, Intervals] = {}
+        self.service_net: dict[int, Intervals] = {}
+        for family in (4, 6):
+            nets = [c for n in cluster.nodes for c in n.pod_cidrs if c.version == family]
+            points = Intervals((int(ip), int(ip)) for ip in self.pods_by_ip_family(family))
+            self.service_net[family] = Intervals.of_networks(
+                c for c in cluster.settings.service_cidrs if c.version == family)
+            self.pod_net[family] = (Intervals.of_networks(nets) | points) - self.service_net[family]
+        self.cluster_pod_cidrs = {f: Intervals.of_networks(c for c in cluster.settings.pod_cidrs if c.version == f)
+                                  for f in (4, 6)}
+        # addresses no outside client has: endpoints (pods, or what Endpoints objects name) and service VIPs
+        inside: dict[int, list[int]] = {4: [], 6: []}
+        for eps in cluster.endpoints.values():
+            for pe in eps.ports:
+                for b in pe.backends:
+                    inside[b.ip.version].append(int(b.ip))
+        for svc in cluster.services:
+            for ip in (*svc.external_ips, *svc.load_balancer_ips, *svc.cluster_ips):
+                inside[ip.version].append(int(ip))
+        self.not_outside = {f: Intervals((a, a) for a in values) for f, values in inside.items()}
+
+    def pods_by_ip_family(self, family: int) -> list[int]:
+        bits = 32 if family == 4 else 128
+        return [ip for ip in self.pods_by_ip if (ip < 1 << 32) == (bits == 32)]
+
+
+_INDEX: tuple[weakref.ref, _ClusterIndex] | None = None
+
+
+def _cluster_index(cluster: ResolvedCluster) -> _ClusterIndex:
+    global _INDEX
+    if _INDEX is None or _INDEX[0]() is not cluster:
+        _INDEX = (weakref.ref(cluster), _ClusterIndex(cluster))
+    return _INDEX[1]
+
+
+class _Context:
+    def __init__(self, cluster: ResolvedCluster, node: Node, ruleset: iptables_save.RuleSet, rules_name: str,
+                 routes: routes_batch.Routes | None, routes_name: str | None, timeout: float) -> None:
+        self.cluster = cluster
+        self.node = node
+        self.family = ruleset.family
+        self.ruleset = ruleset
+        self.rules_name = rules_name
+        self.routes = routes
+        self.routes_name = routes_name
+        self.solver = Solver(timeout)
+        self.index = _cluster_index(cluster)
+        family = self.family
+        local = [ip for ip in node.ips if ip.version == family]
+        bridge = [route_conventions.gateway(c) for c in node.pod_cidrs if c.version == family]
+        if routes is not None:
+            bridge += [r.src for r in routes.family(family) if r.dev == BRIDGE and r.src is not None]
+        self.local = chains.local_intervals([str(a) for a in local + bridge], family)
+        self.program = Program(ruleset, self.local)
+        self.node_ip = int(local[0]) if local else None
+        own = Intervals.of_networks(c for c in node.pod_cidrs if c.version == family)
+        own |= Intervals((int(ip), int(ip)) for p in self.index.pods_by_node.get(node.name, ())
+                         for ip in p.ips if ip.version == family)
+        self.own_pods = own - self.local
+        self.pod_net = self.index.pod_net[family] - self.local
+        self.outside = self._outside()
+        self.pod_ips = sorted(int(ip) for p in self.index.pods_by_node.get(node.name, ())[:64]
+                              for ip in p.ips if ip.version == family)
+        self.outside_witnesses = [int(ipaddress.ip_address(a)) for a in OUTSIDE_WITNESSES
+                                  if ipaddress.ip_address(a).version == family]
+        self.sports = Intervals.span(1, 65535)
+        self.questions = 0
+
+    def _outside(self) -> Intervals:
+        family = self.family
+        reserved = ["0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/3"] if family == 4 else ["::/127", "ff00::/8"]
+        excluded = (self.index.pod_net[family] | self.index.cluster_pod_cidrs[family] | self.index.service_net[family]
+                    | self.index.not_outside[family] | self.local
+                    | Intervals.of_networks(ipaddress.ip_network(r) for r in reserved))
+        return universe(SRC, family) - excluded
+
+    def rule_location(self, line: int) -> Location:
+        cr = self.program.by_line.get(line)
+        width = len(cr.rule.text) + 1 if cr is not None else 2
+        return Location(Span(self.rules_name, line, 1, line, width), f"rule at {self.rules_name}:{line}")
+
+    def addr(self, value: int) -> str:
+        return ip_text(value, self.family)
+
+    def endpoint_text(self, key: tuple[int, int]) -> str:
+        return kc.endpoint_string(self.addr(key[0]), key[1], self.family)
+
+    def point_text(self, proto: int, dst: int, dport: int) -> str:
+        host = self.addr(dst) if self.family == 4 else f"[{self.addr(dst)}]"
+        return f"{chains.protocol_name(proto).upper()} {host}:{dport}"
+
+
+# --- the entry point ---------------------------------------------------------------------------
+
+
+def check_node(cluster: ResolvedCluster, node: Node, rules_text: str, rules_name: str, routes_text: str | None,
+               routes_name: str | None, ids: Sequence[str], timeout: float, family: int | None = None
+               ) -> list[Verdict]:
+    """Decide the requested KS2xx invariants for ``node``'s rule set (and routes); one Verdict per ID.
+
+    ``rules_text`` is iptables-restore input or iptables-save output (IPv4
+    unless it holds IPv6 addresses or ``family=6``); ``routes_text`` the node's
+    ``ip -batch`` routes (None: KS201 checks the rules only). Malformed text
+    raises :class:`~kspec.diagnostics.InputError` at file:line:col.
+    """
+    wanted = [i for i in PACKET_IDS if i in set(ids)]
+    if not wanted:
+        return []
+    start = time.perf_counter()
+    register_source(rules_name, rules_text)
+    ruleset = iptables_save.parse(rules_text, rules_name, family)
+    routes = None
+    if routes_text is not None:
+        routes_name = routes_name or "<routes>"
+        register_source(routes_name, routes_text)
+        routes = routes_batch.parse(routes_text, routes_name)
+    ctx = _Context(cluster, node, ruleset, rules_name, routes, routes_name, timeout)
+    specs = port_specs(cluster, node, ctx.family)
+    problems: list[_Problem] = []
+    subjects: dict[str, list[str]] = {i: [] for i in wanted}
+    checked: dict[str, int] = dict.fromkeys(wanted, 0)
+    per_service = {"KS202", "KS203", "KS204", "KS205"} & set(wanted)
+    if per_service:
+        for spec in specs:
+            for question in _questions(ctx, spec, per_service):
+                checked[question.invariant] = checked.get(question.invariant, 0) + 1
+                problems += _answer(ctx, question, "KS205" in wanted)
+            for invariant in per_service:
+                subjects[invariant].append(spec.label)
+    if "KS205" in wanted:
+        entry_problems, entries = _extra_rules(ctx, specs)
+        problems += entry_problems
+        checked["KS205"] += entries
+    if "KS201" in wanted:
+        rule_problems, questions = _pod_to_pod(ctx)
+        route_problems, routes_checked = _pod_routes(ctx)
+        problems += rule_problems + route_problems
+        checked["KS201"] += questions + routes_checked
+    elapsed = time.perf_counter() - start
+    return [_verdict(i, [p for p in problems if p.invariant == i], checked.get(i, 0), subjects.get(i, ()),
+                     elapsed / len(wanted)) for i in wanted]
+
+
+def _verdict(invariant: str, problems: list[_Problem], checked: int, subjects: Iterable[str],
+             seconds: float) -> Verdict:
+    grouped: dict[tuple, _Problem] = {}
+    for p in problems:
+        grouped.setdefault(p.key, p)
+    violated = [p for p in grouped.values() if not p.unknown]
+    undecided = [p for p in grouped.values() if p.unknown]
+    per_subject: dict[str, int] = defaultdict(int)
+    findings = []
+    for p in violated:
+        per_subject[p.subject] += 1
+        if per_subject[p.subject] > MAX_FINDINGS_PER_SUBJECT:
+            continue
+        findings.append(Finding(invariant, p.message, p.locations, p.witness, CATALOGUE[invariant].fix,
+                                p.subject, p.suppressed, p.details))
+    findings.sort(key=Finding.sort_key)
+    unique_subjects = tuple(dict.fromkeys(subjects))
+    if findings:
+        return Verdict(invariant, VIOLATED, tuple(findings), checked, unique_subjects, seconds=seconds)
+    if undecided:
+        reasons = sorted({p.unknown for p in undecided})
+        reason = "; ".join(reasons[:3]) + (f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else "")
+        return Verdict(invariant, UNKNOWN, (), checked, unique_subjects, reason=reason, seconds=seconds)
+    return Verdict(invariant, PROVED, (), checked, unique_subjects, seconds=seconds)
+
+
+# --- per service port: KS202 / KS203 / KS204 (+ KS205 missing dispatch) ----------------------------
+
+
+def _questions(ctx: _Context, spec: PortSpec, wanted: set[str]) -> Iterable[_Question]:
+    internal_id = "KS202" if spec.has_any else "KS204"
+    external_id = "KS203" if spec.has_any else "KS204"
+    node = ctx.node.name
+    if internal_id in wanted or (spec.has_any and "KS205" in wanted):
+        if ctx.own_pods:
+            yield _Question(internal_id, spec, "cluster IP", "pod", BRIDGE, ctx.own_pods, spec.cluster_ip,
+                            spec.port.port, ((ctx.own_pods, spec.internal),), f"pods on {node}")
+        if ctx.node_ip is not None:
+            src = Intervals.point(ctx.node_ip)
+            yield _Question(internal_id, spec, "cluster IP", "node", None, src, spec.cluster_ip, spec.port.port,
+                            ((src, spec.internal),), f"node {node}")
+    if not (external_id in wanted or (spec.has_any and "KS205" in wanted)) or not ctx.outside:
+        return
+    outside = ctx.outside
+    plain = ((outside, spec.external),)
+    for ip in spec.external_ips:
+        yield _Question(external_id, spec, "external IP", "outside", None, outside, ip, spec.port.port, plain,
+                        "outside sources")
+    for ip in spec.lb_ips:
+        regions = plain
+        if spec.source_ranges is not None and spec.has_any:
+            regions = ((outside & spec.source_ranges, spec.external),
+                       (outside - spec.source_ranges, Expect(refuse="DROP")))
+        yield _Question(external_id, spec, "load-balancer IP", "outside", None, outside, ip, spec.port.port,
+                        tuple(r for r in regions if r[0]), "outside sources")
+    if spec.node_port and ctx.node_ip is not None and _serves_node_ports(ctx, ctx.node_ip):
+        yield _Question(external_id, spec, "nodePort", "outside", None, outside, ctx.node_ip, spec.node_port, plain,
+                        "outside sources")
+
+
+def _serves_node_ports(ctx: _Context, address: int) -> bool:
+    cidrs = [c for c in ctx.cluster.settings.proxy.nodeport_addresses if c.version == ctx.family]
+    return not cidrs or any(address in Intervals.of_network(c) for c in cidrs)
+
+
+def _answer(ctx: _Context, q: _Question, check_dispatch: bool) -> list[_Problem]:
+    ctx.questions += 1
+    fields = [q.src, q.dst, q.spec.proto, ctx.sports, q.dport]
+    try:
+        leaves = chains.explore(ctx.program, q.origin, fields, q.iif)
+    except chains.TooManyPaths as exc:
+        return [_problem(ctx, q, ("paths",), f"{_about(ctx, q)}: {exc}", unknown=str(exc))]
+    problems: list[_Problem] = []
+    seen: set[tuple] = set()
+    for leaf in leaves:
+        src = _as_set(leaf.domain(SRC))
+        for region, expect in q.regions:
+            part = src & region
+            if not part:
+                continue
+            bad = _mismatch(ctx, leaf, expect)
+            if bad is None:
+                continue
+            key, text, rule_line = bad
+            if key in seen:
+                continue
+            seen.add(key)
+            problems.append(_leaf_problem(ctx, q, leaf, part, key, text, rule_line, expect))
+    problems += _coverage(ctx, q, leaves)
+    if check_dispatch and q.spec.has_any and any(e.dnat for _, e in q.regions):
+        problems += _missing_dispatch(ctx, q, leaves)
+    return problems
+
+
+def _as_set(value) -> Intervals:
+    return Intervals.point(value) if type(value) is int else value
+
+
+def _mismatch(ctx: _Context, leaf: Leaf, expect: Expect) -> tuple[tuple, str, int] | None:
+    """None when the leaf is what ``expect`` allows, else (key, what happened, the deciding rule's line)."""
+    last = _deciding_line(leaf)
+    if leaf.verdict == "UNKNOWN":
+        return ("unknown-target", last), "meets a target kspec does not model", last
+    if expect.dnat:
+        if leaf.dnat is not None:
+            addr, port = leaf.dnat
+            if type(addr) is not int or type(port) is not int:
+                return ("range", last), f"is rewritten to the range {chains.dnat_text(leaf.dnat, ctx.family)}", last
+            if (addr, port) not in expect.endpoints:
+                target = ctx.endpoint_text((addr, port))
+                return ("bad-dnat", target), f"is rewritten to {target}, which is not a usable endpoint", last
+            if leaf.verdict != "ACCEPT":
+                return ("refused", leaf.verdict), f"is rewritten to {ctx.endpoint_text((addr, port))} and then " \
+                    f"{_verb(leaf.verdict)}", last
+            if expect.masquerade is not None and (leaf.snat is not None) != expect.masquerade:
+                if expect.masquerade:
+                    return ("no-masq",), "reaches an endpoint without being masqueraded (externalTrafficPolicy " \
+                        "Cluster must SNAT it)", last
+                return ("masq",), f"is masqueraded ({leaf.snat}), losing the client address that " \
+                    "externalTrafficPolicy Local must keep", last
+            return None
+        if leaf.verdict == "ACCEPT":
+            return ("unchanged",), "passes without being rewritten to any endpoint (no rule dispatches it)", last
+        return ("refused", leaf.verdict), f"is {_verb(leaf.verdict)} instead of reaching an endpoint", last
+    if leaf.dnat is not None:
+        target = chains.dnat_text(leaf.dnat, ctx.family)
+        return ("dnat-instead", target), f"is rewritten to {target} instead of being {_verb(expect.refuse)}", last
+    if leaf.verdict != expect.refuse:
+        what = "passes unrejected (black-holed)" if leaf.verdict == "ACCEPT" else f"is {_verb(leaf.verdict)}"
+        return ("verdict", leaf.verdict), f"{what} instead of being {_verb(expect.refuse)}", last
+    return None
+
+
+def _verb(verdict: str) -> str:
+    return {"DROP": "dropped", "REJECT": "rejected", "ACCEPT": "accepted", "UNKNOWN": "handled by an unmodelled target"
+            }.get(verdict, verdict)
+
+
+def _deciding_line(leaf: Leaf) -> int:
+    """The rule that decided the leaf: its DNAT, else the last refusal or source rewrite (0: none fired)."""
+    steps = leaf.step_list()
+    if leaf.dnat is not None:
+        return next((s.line for s in steps if s.action.startswith("DNAT")), 0)
+    for step in reversed(steps):
+        if step.action.startswith(("DROP", "REJECT", "MASQUERADE", "SNAT", "policy")) or "not modelled" in step.action:
+            return step.line
+    return 0
+
+
+def _about(ctx: _Context, q: _Question) -> str:
+    return (f"{ctx.point_text(q.spec.proto, q.dst, q.dport)} ({q.spec.label} {q.spec.port_label} {q.what}) "
+            f"from {q.sources}")
+
+
+def _problem(ctx: _Context, q: _Question, key: tuple, message: str, witness: str = "",
+             extra: Sequence[Location] = (), unknown: str = "", details: Sequence[str] = ()) -> _Problem:
+    svc = q.spec.service
+    locations = (located(svc.origin, q.spec.label, "service.ports"), *extra)
+    return _Problem(q.invariant, (q.invariant, q.spec.name, q.spec.proto, q.what) + key, message, locations, witness,
+                    q.spec.label, unknown, suppression(svc.annotations, q.invariant), tuple(details))
+
+
+def _leaf_problem(ctx: _Context, q: _Question, leaf: Leaf, part: Intervals, key: tuple, text: str, line: int,
+                  expect: Expect) -> _Problem:
+    packet = _packet(ctx, q, part, leaf)
+    trace_text, replay_problem = _replay(ctx, q.origin, q.iif, packet, leaf)
+    message = f"{_about(ctx, q)} {text}"
+    if expect.dnat:
+        message += f" (expected one of {_endpoint_list(ctx, expect.endpoints)})"
+    extra = [ctx.rule_location(line)] if line else []
+    opaque = leaf.opaque_list()
+    unknown = ""
+    if opaque or leaf.verdict == "UNKNOWN" or replay_problem:
+        unknown = replay_problem or _opaque_reason(opaque, leaf)
+    return _problem(ctx, q, key, message, f"{packet}: {trace_text}", extra, unknown)
+
+
+def _opaque_reason(opaque: Sequence[tuple[int, str, bool]], leaf: Leaf) -> str:
+    if opaque:
+        line, text, value = opaque[0]
+        return f"the outcome depends on rule line {line} ({text}), which kspec does not model"
+    return "a rule target kspec does not model decides the outcome"
+
+
+def _packet(ctx: _Context, q: _Question, part: Intervals, leaf: Leaf) -> Packet:
+    preferred = ctx.pod_ips if q.origin == "pod" else ctx.outside_witnesses if q.origin == "outside" else []
+    src = part.pick(preferred)
+    sport = _as_set(leaf.domain(SPORT)).pick([SPORT_WITNESS])
+    return Packet(chains.protocol_name(q.spec.proto), ctx.addr(src), sport, ctx.addr(q.dst), q.dport)
+
+
+def _replay(ctx: _Context, origin: str, iif: str | None, packet: Packet, leaf: Leaf) -> tuple[str, str]:
+    """Replay a leaf concretely; (rendered trace, a problem if the replay disagrees with the leaf)."""
+    decisions = [value for _, _, value in leaf.pick_list()]
+    trace = chains.trace_packet(ctx.program, Hooks(origin, (), iif), packet, decisions)
+    expected_dnat = chains.dnat_text(leaf.dnat, ctx.family)
+    problem = ""
+    if trace.verdict != leaf.verdict or trace.dnat != expected_dnat or trace.snat != leaf.snat:
+        problem = (f"internal check failed: replaying {packet} gave {trace.verdict} {trace.dnat or ''}, "
+                   f"the walk said {leaf.verdict} {expected_dnat or ''}")
+    return witness_text(trace), problem
+
+
+def witness_text(trace: chains.Trace) -> str:
+    """The trace without the hooks that only passed through (jumps that returned, RETURN)."""
+    significant = ("DNAT", "SNAT", "MASQUERADE", "MARK", "DROP", "REJECT", "ACCEPT", "policy")
+    keep = []
+    for hook in dict.fromkeys((s.table, s.hook) for s in trace.steps):
+        steps = [s for s in trace.steps if (s.table, s.hook) == hook]
+        if any(s.action.startswith(significant) or "not modelled" in s.action for s in steps):
+            keep += steps
+    return chains.render_steps(keep, trace.verdict, trace.dnat, trace.snat)
+
+
+def _endpoint_list(ctx: _Context, endpoints: Iterable[tuple[int, int]], limit: int = 6) -> str:
+    items = sorted(endpoints)
+    text = ", ".join(ctx.endpoint_text(e) for e in items[:limit])
+    return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _coverage(ctx: _Context, q: _Question, leaves: list[Leaf]) -> list[_Problem]:
+    """Every endpoint a region expects must be chosen, with non-zero probability, for every source in it."""
+    problems = []
+    decided = [leaf for leaf in leaves if leaf.fresh and leaf.dnat is not None and leaf.verdict == "ACCEPT"]
+    sport_cells = _sport_cells(ctx, decided)
+    for region, expect in q.regions:
+        if not expect.dnat:
+            continue
+        if not any(leaf.dnat in expect.endpoints for leaf in decided):
+            continue  # nothing reaches any endpoint: the outcome findings already say what happens instead
+        for endpoint in sorted(expect.endpoints):
+            reach = [leaf for leaf in decided if leaf.dnat == endpoint]
+            certain = [leaf for leaf in reach if leaf.opaque is None]
+            missing = _uncovered(region, certain, sport_cells)
+            if not missing:
+                continue
+            maybe = _uncovered(region, reach, sport_cells)
+            backend = q.spec.endpoints.get(endpoint)
+            extra = _endpoint_locations(ctx, backend)
+            witness_src = missing.pick(ctx.pod_ips if q.origin == "pod" else ctx.outside_witnesses)
+            packet = Packet(chains.protocol_name(q.spec.proto), ctx.addr(witness_src), SPORT_WITNESS,
+                            ctx.addr(q.dst), q.dport)
+            chosen = _chosen_summary(ctx, decided, witness_src)
+            owner = f" ({_backend_label(backend)})" if backend is not None else ""
+            message = (f"{_about(ctx, q)}: endpoint {ctx.endpoint_text(endpoint)}{owner} can never be chosen "
+                       f"for a new connection")
+            witness = f"{packet}: the rules choose only {chosen}"
+            unknown = "" if maybe else _opaque_reason([o for leaf in reach for o in leaf.opaque_list()], reach[0])
+            problems.append(_problem(ctx, q, ("unreachable", endpoint), message, witness, extra, unknown))
+    return problems
+
+
+def _sport_cells(ctx: _Context, leaves: list[Leaf]) -> list[int]:
+    """Source ports that represent every distinct way the leaves split the source-port range."""
+    bounds = {ctx.sports.first()}
+    for leaf in leaves:
+        sport = leaf.domain(SPORT)
+        if type(sport) is not int and sport == ctx.sports:
+            continue
+        for lo, hi in _as_set(sport).spans:
+            bounds.update((lo, hi + 1))
+    return sorted(b for b in bounds if b in ctx.sports)
+
+
+def _uncovered(region: Intervals, leaves: list[Leaf], sport_cells: list[int]) -> Intervals:
+    missing = EMPTY
+    for sport in sport_cells:
+        covered = EMPTY
+        for leaf in leaves:
+            if sport in _as_set(leaf.domain(SPORT)):
+                covered = covered | _as_set(leaf.domain(SRC))
+        missing = missing | (region - covered)
+    return missing
+
+
+def _chosen_summary(ctx: _Context, leaves: list[Leaf], src: int) -> str:
+    chosen: dict[tuple, float] = {}
+    lines: dict[tuple, int] = {}
+    for leaf in leaves:
+        if src in _as_set(leaf.domain(SRC)):
+            chosen[leaf.dnat] = chosen.get(leaf.dnat, 0.0) + leaf.prob
+            lines.setdefault(leaf.dnat, _deciding_line(leaf))
+    if not chosen:
+        return "no endpoint at all"
+    return ", ".join(f"{chains.dnat_text(d, ctx.family)} (p={p:.3f}, line {lines[d]})"
+                     for d, p in sorted(chosen.items(), key=lambda kv: kv[0]))
+
+
+def _backend_label(backend: Backend) -> str:
+    if backend.pod is not None:
+        return f"pod {backend.pod[0]}/{backend.pod[1]}"
+    return f"endpoint on {backend.node}" if backend.node else "endpoint"
+
+
+def _endpoint_locations(ctx: _Context, backend: Backend | None) -> list[Location]:
+    if backend is None or backend.pod is None:
+        return []
+    pod = ctx.cluster.pods_by_key.get(backend.pod)
+    return [located(pod.origin, f"pod {pod.namespace}/{pod.name}", "pod.ip")] if pod is not None else []
+
+
+def _missing_dispatch(ctx: _Context, q: _Question, leaves: list[Leaf]) -> list[_Problem]:
+    """KS205: packets of a spec service port must enter that port's chains (KUBE-SVC/SVL/EXT/FW-<hash>)."""
+    mine = tuple(prefix + q.spec.hash for prefix in SERVICE_CHAIN_PREFIXES)
+    for leaf in leaves:
+        if any(step.chain in mine or step.action.startswith(tuple(f"-> {c}" for c in mine))
+               for step in leaf.step_list()):
+            return []
+    table_chain = "KUBE-NODEPORTS" if q.what == "nodePort" else "KUBE-SERVICES"
+    expected = (kc.SVC_PREFIX if q.what == "cluster IP" else kc.EXT_PREFIX) + q.spec.hash
+    message = (f"no rule dispatches {ctx.point_text(q.spec.proto, q.dst, q.dport)} ({q.spec.label} "
+               f"{q.spec.port_label} {q.what}): its packets never reach {expected}")
+    witness = f"expected in nat {table_chain}: a rule matching {ctx.point_text(q.spec.proto, q.dst, q.dport)} " \
+              f"that jumps to a {q.spec.name} chain"
+    problem = _problem(ctx, q, ("missing",), message, witness)
+    problem.invariant = "KS205"
+    problem.key = ("KS205", q.spec.name, q.spec.proto, q.what, "missing")
+    problem.suppressed = suppression(q.spec.service.annotations, "KS205")
+    return [problem]
+
+
+# --- KS205: no rule sends packets the spec does not have into a service's chains -------------------
+
+
+Box = tuple  # (dst Intervals, proto Intervals, dport Intervals)
+
+
+def _point(dst: int, proto: int, port: int) -> Box:
+    return (Intervals.point(dst), Intervals.point(proto), Intervals.point(port))
+
+
+def _allowed_boxes(ctx: _Context, specs: list[PortSpec]) -> tuple[dict[str, list[Box]], dict[str, list[Box]]]:
+    """Per chain hash, the packets its dispatch may send there; per kube filter chain, what it may refuse."""
+    everywhere = universe(DST, ctx.family)
+    by_chain: dict[str, list[Box]] = {}
+    refusals: dict[str, list[Box]] = defaultdict(list)
+    for spec in specs:
+        cluster_ip = _point(spec.cluster_ip, spec.proto, spec.port.port)
+        outside = [_point(ip, spec.proto, spec.port.port) for ip in spec.external_ips + spec.lb_ips]
+        lb = [_point(ip, spec.proto, spec.port.port) for ip in spec.lb_ips]
+        node_port = [(everywhere, Intervals.point(spec.proto), Intervals.point(spec.node_port))] if spec.node_port \
+            else []
+        by_chain[kc.SVC_PREFIX + spec.hash] = [cluster_ip]
+        by_chain[kc.SVL_PREFIX + spec.hash] = [cluster_ip]
+        by_chain[kc.EXT_PREFIX + spec.hash] = outside + node_port
+        by_chain[kc.FW_PREFIX + spec.hash] = lb
+        refusals[kc.KUBE_SERVICES].append(cluster_ip)
+        refusals[kc.KUBE_EXTERNAL_SERVICES].extend(outside + node_port)
+        refusals[kc.KUBE_PROXY_FIREWALL].extend(lb)
+        if spec.hc_port:
+            refusals[kc.KUBE_NODEPORTS].append((everywhere, Intervals.point(6), Intervals.point(spec.hc_port)))
+    return by_chain, refusals
+
+
+def _spec_of_chain(specs: list[PortSpec]) -> dict[str, PortSpec]:
+    return {prefix + s.hash: s for s in specs for prefix in SERVICE_CHAIN_PREFIXES}
+
+
+def _extra_rules(ctx: _Context, specs: list[PortSpec]) -> tuple[list[_Problem], int]:
+    by_chain, refusals = _allowed_boxes(ctx, specs)
+    owners = _spec_of_chain(specs)
+    problems = []
+    entries = 0
+    for (table, name), chain in sorted(ctx.program.chains.items()):
+        if name.startswith(SERVICE_CHAIN_PREFIXES + (kc.SEP_PREFIX,)):
+            continue
+        for cr in chain.rules:
+            allowed, role = _entry(cr, table, name, by_chain, refusals)
+            if role is None:
+                continue
+            entries += 1
+            box = _box(ctx, cr)
+            if box is None or any(_box_within(box, a) for a in allowed):
+                continue
+            problems += _extra_rule(ctx, cr, box, allowed, role, owners)
+    return problems, entries
+
+
+def _entry(cr: chains.CRule, table: str, chain: str, by_chain: dict, refusals: dict) -> tuple[list[Box], str | None]:
+    """Whether a rule is a dispatch into service-specific handling, and what it may match if so."""
+    if cr.kind in (chains.JUMP, chains.GOTO) and cr.arg.startswith(SERVICE_CHAIN_PREFIXES + (kc.SEP_PREFIX,)):
+        return by_chain.get(cr.arg, []), f"jumps to {cr.arg}"
+    if not chain.startswith("KUBE-"):
+        return [], None
+    if cr.kind == chains.DNAT and table == "nat":
+        return [], f"rewrites to {cr.action[5:]}"
+    if table == "filter" and chain in refusals and cr.kind in (chains.REJECT, chains.DROP, chains.ACCEPT) and \
+            any(a[0] == chains.SET and a[1] in (DST, chains.DPORT) and not a[3] for a in cr.atoms):
+        return refusals[chain], f"{cr.action.lower()}s packets in filter {chain}"
+    return [], None
+
+
+def _box(ctx: _Context, cr: chains.CRule) -> Box | None:
+    """The (destination, protocol, port) packets a rule can match, ignoring its other conditions; None if none."""
+    family = ctx.family
+    fields = {DST: universe(DST, family), PROTO: universe(PROTO, family), DPORT: universe(DPORT, family)}
+    for atom in cr.atoms:
+        if atom[0] == chains.CONST and not atom[1]:
+            return None
+        if atom[0] != chains.SET or atom[1] not in fields:
+            continue
+        fields[atom[1]] = fields[atom[1]] - atom[2] if atom[3] else fields[atom[1]] & atom[2]
+    if not all(fields.values()):
+        return None
+    return (fields[DST], fields[PROTO], fields[DPORT])
+
+
+def _box_within(box: Box, allowed: Box) -> bool:
+    return all(part.issubset(limit) for part, limit in zip(box, allowed))
+
+
+def _extra_rule(ctx: _Context, cr: chains.CRule, box: Box, allowed: list[Box], role: str,
+                owners: dict[str, PortSpec]) -> list[_Problem]:
+    packet = PacketVars.make(ctx.family)
+    formulas = []
+    for atom in cr.atoms:
+        if atom[0] == chains.SET:
+            term = member(packet.fields[atom[1]], atom[2])
+            formulas.append(term if not atom[3] else _not(term))
+    for dst, proto, dport in allowed:
+        formulas.append(_not(_and([member(packet.fields[DST], dst), member(packet.fields[PROTO], proto),
+                                   member(packet.fields[DPORT], dport)])))
+    answer = ctx.solver.check(packet, formulas)
+    location = ctx.rule_location(cr.line)
+    owner = owners.get(cr.arg) if isinstance(cr.arg, str) else None
+    subject = owner.label if owner is not None else f"rule {ctx.rules_name}:{cr.line}"
+    key = ("KS205", "extra", cr.line)
+    if answer.status == Z3_UNKNOWN:
+        return [_Problem("KS205", key, f"rule at line {cr.line} ({role}) could not be checked: {answer.reason}",
+                         (location,), subject=subject, unknown=answer.reason)]
+    if answer.status != SAT:
+        return []
+    values = answer.values
+    what = ctx.point_text(values[PROTO], values[DST], values[DPORT])
+    if cr.kind in (chains.JUMP, chains.GOTO) and cr.arg.startswith(kc.SEP_PREFIX):
+        detail = "kube-proxy only reaches KUBE-SEP chains from a service's own chains"
+    elif owner is not None:
+        allowed_text = ", ".join(ctx.point_text(p.first(), d.first(), q.first()) if d.count() == 1 else
+                                 f"{chains.protocol_name(p.first()).upper()} nodePort {q.first()}"
+                                 for d, p, q in allowed) or "nothing"
+        detail = f"{cr.arg} belongs to {owner.label} {owner.port_label}, whose packets are {allowed_text}"
+    elif cr.kind in (chains.JUMP, chains.GOTO):
+        detail = f"no service port of the spec has the chain {cr.arg} (a deleted service?)"
+    elif cr.kind == chains.DNAT:
+        detail = "no service port of the spec is dispatched by a DNAT in a shared kube-proxy chain"
+    else:
+        detail = "the spec has no service port with that address, port and protocol"
+    message = f"rule at line {cr.line} {role}, matching {what}, which the spec does not map there: {detail}"
+    opaque = any(a[0] == chains.OPAQUE for a in cr.atoms)
+    unknown = f"rule line {cr.line} also has a match kspec does not model" if opaque else ""
+    locations = (location,)
+    if owner is not None:
+        locations += (located(owner.service.origin, owner.label, "service.ports"),)
+    suppressed = suppression(owner.service.annotations, "KS205") if owner is not None else None
+    return [_Problem("KS205", key, message, locations, f"{what} matches: {cr.rule.text}", subject, unknown,
+                     suppressed)]
+
+
+def _not(term):
+    import z3
+
+    return z3.Not(term)
+
+
+def _and(terms):
+    import z3
+
+    return z3.And(terms)
+
+
+# --- KS201: pod to pod, unchanged, over the whole pod network --------------------------------------
+
+
+def _pod_to_pod(ctx: _Context) -> tuple[list[_Problem], int]:
+    """No pod-to-pod packet through this node is DNATed, SNATed/masqueraded, dropped or rejected."""
+    family = ctx.family
+    remote = ctx.pod_net - ctx.own_pods
+    runs = [("pods on this node", ctx.own_pods, ctx.pod_net, BRIDGE),
+            ("pods on other nodes", remote, ctx.own_pods, None)]
+    problems: list[_Problem] = []
+    questions = 0
+    packet = PacketVars.make(family)
+    for label, src, dst, iif in runs:
+        if not src or not dst:
+            continue
+        questions += 1
+        fields = [src, dst, universe(PROTO, family), universe(SPORT, family), universe(DPORT, family)]
+        try:
+            leaves = chains.explore(ctx.program, "pod", fields, iif, symbolic=True)
+        except chains.TooManyPaths as exc:
+            problems.append(_Problem("KS201", ("KS201", "paths", label), f"pod-to-pod traffic from {label}: {exc}",
+                                     unknown=str(exc), subject=f"node {ctx.node.name}"))
+            continue
+        for leaf in leaves:
+            if leaf.verdict == "ACCEPT" and leaf.dnat is None and leaf.snat is None:
+                continue
+            base = [member(packet.fields[SRC], src), member(packet.fields[DST], dst)] + chains.leaf_formula(leaf, packet)
+            answer = ctx.solver.check(packet, base)
+            if answer.status == SAT:
+                for preferred in _witness_preferences(ctx, packet):
+                    nicer = ctx.solver.check(packet, base + preferred)
+                    if nicer.status == SAT:
+                        answer = nicer
+                        break
+            if answer.status == Z3_UNKNOWN:
+                problems.append(_Problem("KS201", ("KS201", "unknown", label, _deciding_line(leaf)),
+                                         f"pod-to-pod traffic from {label} could not be decided: {answer.reason}",
+                                         subject=f"node {ctx.node.name}", unknown=answer.reason))
+                continue
+            if answer.status == SAT:
+                problems.append(_pod_problem(ctx, label, iif, answer.values, leaf))
+    return problems, questions
+
+
+def _witness_preferences(ctx: _Context, packet: PacketVars) -> list[list]:
+    """Nicer witnesses to try first: real pods' addresses, then any TCP packet to port 80."""
+    tcp = [packet.fields[PROTO] == 6, packet.fields[SPORT] == SPORT_WITNESS, packet.fields[DPORT] == 80]
+    pods = sorted(ctx.index.pods_by_ip_family(ctx.family))[:64]
+    if not pods:
+        return [tcp]
+    addresses = Intervals((ip, ip) for ip in pods)
+    return [tcp + [member(packet.fields[SRC], addresses), member(packet.fields[DST], addresses)], tcp]
+
+
+def _pod_problem(ctx: _Context, label: str, iif: str | None, values: tuple[int, ...], leaf: Leaf) -> _Problem:
+    packet = Packet(chains.protocol_name(values[PROTO]), ctx.addr(values[SRC]), values[SPORT],
+                    ctx.addr(values[DST]), values[DPORT])
+    trace_text, replay_problem = _replay(ctx, "pod", iif, packet, leaf)
+    if leaf.dnat is not None:
+        what = f"has its destination rewritten to {chains.dnat_text(leaf.dnat, ctx.family)}"
+    elif leaf.snat is not None:
+        what = f"has its source rewritten ({leaf.snat})"
+    else:
+        what = f"is {_verb(leaf.verdict)}"
+    line = _deciding_line(leaf)
+    src_pod = ctx.index.pods_by_ip.get(values[SRC])
+    dst_pod = ctx.index.pods_by_ip.get(values[DST])
+    names = [f"pod {p.namespace}/{p.name}" for p in (src_pod, dst_pod) if p is not None]
+    locations = [ctx.rule_location(line)] if line else []
+    locations += [located(p.origin, f"pod {p.namespace}/{p.name}", "pod.ip") for p in (src_pod, dst_pod) if p]
+    locations.append(located(ctx.node.origin, f"node {ctx.node.name}", "node.podCIDR"))
+    between = f" ({' to '.join(names)})" if names else ""
+    message = f"pod-to-pod traffic from {label} through node {ctx.node.name} {what}{between}"
+    unknown = replay_problem or (_opaque_reason(leaf.opaque_list(), leaf) if leaf.opaque or leaf.verdict == "UNKNOWN"
+                                 else "")
+    return _Problem("KS201", ("KS201", "rules", leaf.verdict, chains.dnat_text(leaf.dnat, ctx.family), leaf.snat,
+                              line), message, tuple(locations), f"{packet}: {trace_text}",
+                    f"node {ctx.node.name}", unknown)
+
+
+def _pod_routes(ctx: _Context) -> tuple[list[_Problem], int]:
+    """Every node's podCIDR is routed: this node's on the bridge, the others via their node IP."""
+    if ctx.routes is None:
+        return [], 0
+    family = ctx.family
+    table = [r for r in ctx.routes.family(family)]
+    problems = []
+    checked = 0
+    for other in sorted(ctx.cluster.nodes, key=lambda n: n.name):
+        via = next((ip for ip in other.ips if ip.version == family), None)
+        for cidr in other.pod_cidrs:
+            if cidr.version != family:
+                continue
+            checked += 1
+            mine = other.name == ctx.node.name
+            if not mine and via is None:
+                problems.append(_route_problem(ctx, other, cidr, None, f"node {other.name} has no IPv{family} "
+                                               "address, so its podCIDR cannot be routed to", None))
+                continue
+            problems += _check_cidr_routes(ctx, other, cidr, table, None if mine else via)
+    return problems, checked
+
+
+def _route_ok(route: routes_batch.Route, via) -> bool:
+    if route.type != "unicast":
+        return False
+    if via is None:
+        return route.dev == BRIDGE and route.via is None
+    return route.via == via
+
+
+def _check_cidr_routes(ctx: _Context, owner: Node, cidr: IPNetwork, table: list, via) -> list[_Problem]:
+    whole = Intervals.of_network(cidr)
+    inner = [r for r in table if r.prefix != cidr and r.prefix.subnet_of(cidr)]
+    covering = [r for r in table if cidr.subnet_of(r.prefix)]
+    best = None
+    if covering:
+        longest = max(r.prefix.prefixlen for r in covering)
+        best = min((r for r in covering if r.prefix.prefixlen == longest), key=lambda r: r.metric or 0)
+    problems = []
+    expected = f"dev {BRIDGE}" if via is None else f"via {via} (node {owner.name})"
+    for route in inner:
+        if not _route_ok(route, via):
+            problems.append(_route_problem(ctx, owner, cidr, route, f"route for {route.prefix} inside "
+                                           f"{owner.name}'s podCIDR {cidr} is '{route.text}', expected {expected}",
+                                           Intervals.of_network(route.prefix)))
+    rest = whole - Intervals.of_networks(r.prefix for r in inner)
+    if rest:
+        if best is None:
+            problems.append(_route_problem(ctx, owner, cidr, None, f"no route for {cidr} ({owner.name}'s podCIDR): "
+                                           f"packets to its pods are not delivered (expected {expected})", rest))
+        elif not _route_ok(best, via):
+            problems.append(_route_problem(ctx, owner, cidr, best, f"{cidr} ({owner.name}'s podCIDR) is routed by "
+                                           f"'{best.text}', expected {expected}", rest))
+    return problems
+
+
+def _route_problem(ctx: _Context, owner: Node, cidr: IPNetwork, route, message: str,
+                   addresses: Intervals | None) -> _Problem:
+    locations = []
+    if route is not None and ctx.routes_name:
+        locations.append(Location(Span(ctx.routes_name, route.line, 1, route.line, len(route.text) + 1),
+                                  f"route at {ctx.routes_name}:{route.line}"))
+    locations.append(located(owner.origin, f"node {owner.name}", "node.podCIDR"))
+    witness = ""
+    if addresses:
+        dst_pods = [p for p in ctx.index.pods_by_node.get(owner.name, ()) for ip in p.ips
+                    if ip.version == ctx.family and int(ip) in addresses]
+        dst = int(dst_pods[0].ips[0]) if dst_pods else addresses.pick()
+        src = ctx.pod_ips[0] if ctx.pod_ips else (ctx.own_pods.pick() if ctx.own_pods else ctx.node_ip)
+        if src is not None:
+            packet = Packet("tcp", ctx.addr(src), SPORT_WITNESS, ctx.addr(dst), 80)
+            target = f" (pod {dst_pods[0].namespace}/{dst_pods[0].name})" if dst_pods else ""
+            witness = f"{packet}{target}: {ctx.routes_name}: {message}"
+    return _Problem("KS201", ("KS201", "route", str(cidr), route.line if route else 0), message, tuple(locations),
+                    witness, f"node {ctx.node.name}")
