@@ -415,6 +415,9 @@ class _Parser:
                 continue
             where.line = number
             where.text = raw
+            if "\x00" in raw:
+                col = raw.index("\x00") + 1
+                raise where.fail(col, col + 1, "NUL byte in rule text", "the file is not iptables text")
             head = raw[0]
             if head == "-" or head == "[":
                 self._command(raw)
@@ -424,9 +427,6 @@ class _Parser:
                 stripped = raw.strip()
                 if not stripped or stripped[0] == "#":
                     continue
-                if "\x00" in raw:
-                    col = raw.index("\x00") + 1
-                    raise where.fail(col, col + 1, "NUL byte in rule text", "the file is not iptables text")
                 if stripped[0] == "*":
                     self._table(stripped, raw)
                 elif stripped == "COMMIT":

@@ -53,6 +53,8 @@ JUMP, GOTO, ACCEPT, DROP, REJECT, RETURN, DNAT, SNAT, MASQ, SETMARK, NOOP, UNKNO
 X_RETURN, X_ACCEPT, X_DROP, X_REJECT, X_UNKNOWN, X_END = range(6)
 VERDICTS = {X_ACCEPT: "ACCEPT", X_DROP: "DROP", X_REJECT: "REJECT", X_UNKNOWN: "UNKNOWN"}
 NOOP_TARGETS = frozenset({"", "LOG", "NFLOG", "ULOG", "TRACE", "AUDIT"})
+# interfaces a packet from outside never arrives on (its uplink's name is unknown, but it is none of these)
+NOT_UPLINK = frozenset({"lo", "cbr0", "docker0", "cni0", "kube-ipvs0", "kube-bridge"})
 MAX_DEPTH = 64  # iptables refuses deeper (and looping) jump graphs
 PROTOCOL_NAMES = {v: k for k, v in PROTOCOL_NUMBERS.items()}
 
@@ -94,12 +96,14 @@ class Hooks:
     the node's uplink) or "node" (the node sends it). ``local`` are the node's
     own addresses (``addrtype LOCAL``, the routing decision): its IPs, the
     bridge address, loopback. ``in_interface`` answers ``-i`` matches (None:
-    unknown, so ``-i`` is an opaque match).
+    the uplink, whose name is unknown, so only ``-i`` of a virtual interface
+    is decided); ``bridged`` (the node's podCIDRs) decides ``-o``.
     """
 
     origin: str
     local: tuple[str, ...] = ()
     in_interface: str | None = None
+    bridged: tuple[str, ...] = ()  # the node's podCIDRs: packets to them leave on the bridge (``-o cbr0``)
 
     def __post_init__(self) -> None:
         if self.origin not in ORIGINS:
@@ -253,10 +257,13 @@ def _pinned_fields(cr: CRule) -> Iterable[int]:
 class Program:
     """A parsed rule set compiled for one node (its local addresses decide ``addrtype LOCAL``)."""
 
-    def __init__(self, ruleset: RuleSet, local: Intervals) -> None:
+    def __init__(self, ruleset: RuleSet, local: Intervals, bridged: Intervals = Intervals(),
+                 bridge: str = "cbr0") -> None:
         self.ruleset = ruleset
         self.family = ruleset.family
         self.local = local
+        self.bridged = bridged  # the pod ranges on the node's bridge: packets to them leave on ``bridge``
+        self.bridge = bridge
         self.chains: dict[tuple[str, str], CChain] = {}
         self.by_rule: dict[int, CRule] = {}
         self.by_line: dict[int, CRule] = {}
@@ -561,65 +568,75 @@ class _Walker:
     # -- chains
 
     def _walk(self, chain: CChain, st: Leaf, pos: int, depth: int, out: list) -> None:
+        """Walk ``chain`` from rule ``pos``; append (state, how the chain ended) to ``out``.
+
+        States that continue in this chain (a rule did not match, a jump
+        returned) wait on a stack, so a chain of 10,000 rules or 1,000
+        statistic forks costs no recursion.
+        """
         if depth > MAX_DEPTH:
             st.opaque = ((0, f"jump depth over {MAX_DEPTH} (a loop?) in {chain.name}", True), st.opaque)
             out.append((st, X_UNKNOWN))
             return
-        rules = chain.candidates(st.v)
-        n = len(rules)
         explore = self.mode != "concrete"
-        while pos < n:
-            cr = rules[pos]
-            pos += 1
-            if cr.effect_free and (explore or any(a[0] in (CHOICE, OPAQUE) for a in cr.atoms)):
-                continue
-            matched = self._match(cr, st, 0)
-            if matched is False:
-                continue
-            if matched is True:
-                kind = cr.kind
-                if kind == SETMARK:
-                    value, mask = cr.arg
-                    st.mark = (st.mark & ~mask & FULL_MARK) ^ value
-                    self._step(st, cr)
+        pending = [(st, pos)]
+        while pending:
+            st, pos = pending.pop()
+            rules = chain.candidates(st.v)
+            n = len(rules)
+            while pos < n:
+                cr = rules[pos]
+                pos += 1
+                if cr.effect_free and (explore or any(a[0] in (CHOICE, OPAQUE) for a in cr.atoms)):
                     continue
-                if kind == NOOP:
-                    self._step(st, cr)
+                matched = self._match(cr, st, 0)
+                if matched is False:
                     continue
-                self._fire(chain, cr, st, pos, depth, out)
-                return
-            for branch, hit in matched:
-                if hit:
-                    self._fire(chain, cr, branch, pos, depth, out)
-                else:
-                    self._walk(chain, branch, pos, depth, out)
-            return
-        out.append((st, X_END))
+                if matched is True:
+                    if cr.kind == SETMARK or cr.kind == NOOP:
+                        self._apply_inline(cr, st)
+                        continue
+                    pending += [(s, pos) for s in reversed(self._fire(chain, cr, st, depth, out))]
+                    break
+                missed = []
+                for branch, hit in matched:
+                    if hit:
+                        missed += self._fire(chain, cr, branch, depth, out)
+                    else:
+                        missed.append(branch)
+                pending += [(s, pos) for s in reversed(missed)]
+                break
+            else:
+                out.append((st, X_END))
 
-    def _fire(self, chain: CChain, cr: CRule, st: Leaf, pos: int, depth: int, out: list) -> None:
-        """Apply a matched rule's target, then continue the chain if the target does not end it."""
+    def _apply_inline(self, cr: CRule, st: Leaf) -> None:
+        if cr.kind == SETMARK:
+            value, mask = cr.arg
+            st.mark = (st.mark & ~mask & FULL_MARK) ^ value
+        self._step(st, cr)
+
+    def _fire(self, chain: CChain, cr: CRule, st: Leaf, depth: int, out: list) -> list[Leaf]:
+        """Apply a matched rule's target; return the states that continue with the chain's next rule."""
         kind = cr.kind
+        if kind == SETMARK or kind == NOOP:
+            self._apply_inline(cr, st)
+            return [st]
         self._step(st, cr)
         if kind == JUMP or kind == GOTO:
             callee = self.program.chain(chain.table, cr.arg)
             sub: list = []
             self._walk(callee, st, 0, depth + 1, sub)
+            back = []
             for leaf, exit_code in sub:
                 if exit_code in (X_RETURN, X_END):
                     if kind == GOTO:
                         out.append((leaf, X_RETURN))
                     else:
-                        self._walk(chain, leaf, pos, depth, out)
+                        back.append(leaf)
                 else:
                     out.append((leaf, exit_code))
-            return
-        if kind == SETMARK:
-            value, mask = cr.arg
-            st.mark = (st.mark & ~mask & FULL_MARK) ^ value
-            self._walk(chain, st, pos, depth, out)
-        elif kind == NOOP:
-            self._walk(chain, st, pos, depth, out)
-        elif kind == ACCEPT:
+            return back
+        if kind == ACCEPT:
             out.append((st, X_ACCEPT))
         elif kind == DROP:
             out.append((st, X_DROP))
@@ -641,6 +658,7 @@ class _Walker:
         else:
             st.opaque = ((cr.line, f"target {cr.arg} (kspec does not model it)", True), st.opaque)
             out.append((st, X_UNKNOWN))
+        return []
 
     def _step(self, st: Leaf, cr: CRule) -> None:
         table, hook = st.hook
@@ -673,10 +691,6 @@ class _Walker:
                 hit = "NEW" in states or (st.dnat is not None and "DNAT" in states) or (
                     st.snat is not None and "SNAT" in states)
                 if hit == atom[2]:
-                    return False
-                continue
-            elif kind == IFACE and atom[1] == "in-interface" and st.iif is not None:
-                if _iface_matches(atom[2], st.iif) == atom[3]:
                     return False
                 continue
             branches = self._decide(atom, st, cr.line)
@@ -726,10 +740,29 @@ class _Walker:
         if kind == CHOICE:
             return self._choose(atom, st, line)
         if kind == IFACE:
-            description = f"{'-i' if atom[1] == 'in-interface' else '-o'} {atom[2]}"
-            return self._opaque((OPAQUE, description + (" (output interface)" if atom[1] == "out-interface" else "")),
-                                st, line)
+            decided = self._interface(atom, st)
+            if decided is not None:
+                return [(st, decided)]
+            flag = "-i" if atom[1] == "in-interface" else "-o"
+            return self._opaque((OPAQUE, f"{'! ' if atom[3] else ''}{flag} {atom[2]}"), st, line)
         return self._opaque(atom, st, line)
+
+    def _interface(self, atom: tuple, st: Leaf) -> bool | None:
+        """Decide ``-i``/``-o`` where the scenario or the route tells the interface; None if it cannot."""
+        _, direction, pattern, negated = atom
+        if direction == "in-interface":
+            name = st.iif
+        else:
+            dst = st.v[DST]
+            if type(dst) is not int:
+                return None
+            program = self.program
+            name = "lo" if dst in program.local else program.bridge if dst in program.bridged else None
+        if name is not None:
+            return _iface_matches(pattern, name) != negated
+        if pattern in NOT_UPLINK or (self.program.bridge and pattern == self.program.bridge):
+            return negated  # the uplink (name unknown) is none of the node's virtual interfaces
+        return None
 
     def _choose(self, atom: tuple, st: Leaf, line: int) -> list[tuple[Leaf, bool]]:
         _, what, num, den, negated, text = atom
@@ -842,17 +875,17 @@ def local_intervals(addresses: Iterable[str], family: int) -> Intervals:
     return Intervals.of_networks(n for n in nets if n.version == family)
 
 
-_PROGRAMS: dict[tuple[int, Intervals], tuple[RuleSet, Program]] = {}
+_PROGRAMS: dict[tuple[int, Intervals, Intervals], tuple[RuleSet, Program]] = {}
 
 
-def program_for(ruleset: RuleSet, local: Intervals) -> Program:
-    """Compile once per (rule set, local addresses); tracing many packets reuses it."""
-    key = (id(ruleset), local)
+def program_for(ruleset: RuleSet, local: Intervals, bridged: Intervals = Intervals()) -> Program:
+    """Compile once per (rule set, node addresses); tracing many packets reuses it."""
+    key = (id(ruleset), local, bridged)
     cached = _PROGRAMS.get(key)
     if cached is None or cached[0] is not ruleset:
         if len(_PROGRAMS) > 8:
             _PROGRAMS.clear()
-        cached = _PROGRAMS[key] = (ruleset, Program(ruleset, local))
+        cached = _PROGRAMS[key] = (ruleset, Program(ruleset, local, bridged))
     return cached[1]
 
 
@@ -870,7 +903,8 @@ def trace_packet(ruleset: RuleSet | Program, hook_sequence: Hooks, packet: Packe
     if isinstance(ruleset, Program):
         program = ruleset
     else:
-        program = program_for(ruleset, local_intervals(hook_sequence.local, ruleset.family))
+        bridged = Intervals.of_networks(ipaddress.ip_network(c) for c in hook_sequence.bridged)
+        program = program_for(ruleset, local_intervals(hook_sequence.local, ruleset.family), bridged)
     family = program.family
     values = [int(ipaddress.ip_address(packet.src)), int(ipaddress.ip_address(packet.dst)),
               protocol_number(packet.proto), packet.sport, packet.dport]

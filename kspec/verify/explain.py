@@ -84,6 +84,7 @@ def explain_empty_service(cluster: ResolvedCluster, svc: Service, entry: Service
         if len(failed) == 1:
             near.setdefault(_describe(failed[0]), []).append(pod)
     for requirement_text, pods in sorted(near.items(), key=lambda kv: -len(kv[1]))[:MAX_SHOWN]:
+        pods = sorted(pods, key=lambda p: -_closeness(p, requirement_text))
         shown = ", ".join(f"{p.name} ({_label_text(p, requirement_text)})" for p in pods[:MAX_SHOWN])
         more = f" and {len(pods) - MAX_SHOWN} more" if len(pods) > MAX_SHOWN else ""
         lines.append(f"{len(pods)} pod(s) fail only '{requirement_text}': {shown}{more}")
@@ -102,6 +103,13 @@ def explain_empty_service(cluster: ResolvedCluster, svc: Service, entry: Service
         lines.append(f"no pod in namespace {svc.namespace} has any of the labels "
                      + ", ".join(sorted({r.key for r in requirements})) + " the selector asks for")
     return lines
+
+
+def _closeness(pod: Pod, requirement_text: str) -> float:
+    """How close a pod's label is to what the requirement wants (closest pods are shown first)."""
+    key, _, wanted = requirement_text.partition("=")
+    value = pod.labels.get(key.rstrip("!"))
+    return difflib.SequenceMatcher(None, value or "", wanted).ratio() if wanted else 0.0
 
 
 def _label_text(pod: Pod, requirement_text: str) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from bisect import bisect_left
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -101,8 +102,10 @@ class PortSpec:
     node_port: int
     hc_port: int
     has_any: bool
-    internal: Expect
-    external: Expect
+    internal: Expect  # pods and the node to the cluster IP
+    external: Expect  # outside clients to node ports, external and load-balancer IPs
+    pod_external: Expect  # pods to those external destinations (short-circuited to all endpoints)
+    node_external: Expect  # the node itself to them (kube-proxy always sends it to all endpoints)
     endpoints: dict[tuple[int, int], Backend] = field(hash=False)
 
     @property
@@ -121,6 +124,7 @@ class PortSpec:
 def port_specs(cluster: ResolvedCluster, node: Node, family: int) -> list[PortSpec]:
     """Every proxied service port of ``family`` with the outcomes kube-proxy's rules must have on ``node``."""
     out = []
+    detector = _has_detector(cluster, node, family)
     for svc in sorted(cluster.services, key=lambda s: (s.namespace, s.name)):
         if svc.headless or svc.type == "ExternalName" or svc.external_name is not None:
             continue
@@ -131,12 +135,20 @@ def port_specs(cluster: ResolvedCluster, node: Node, family: int) -> list[PortSp
         by_port = {(pe.port.name, pe.port.protocol): pe.backends for pe in eps.ports} if eps else {}
         for port in sorted(svc.ports, key=lambda p: (p.name, p.protocol)):
             backends = [b for b in by_port.get((port.name, port.protocol), ()) if b.ip.version == family]
-            out.append(_port_spec(svc, port, int(cluster_ip), backends, node.name, family))
+            out.append(_port_spec(svc, port, int(cluster_ip), backends, node.name, family, detector))
     return out
 
 
+def _has_detector(cluster: ResolvedCluster, node: Node, family: int) -> bool:
+    """Whether kube-proxy can tell pod traffic apart (its LocalTrafficDetector), which short-circuits
+    pods' traffic to external destinations of an externalTrafficPolicy: Local service to all endpoints."""
+    proxy = cluster.settings.proxy
+    cidrs = node.pod_cidrs if proxy.detect_local_mode == "NodeCIDR" else cluster.settings.pod_cidrs
+    return any(c.version == family for c in cidrs)
+
+
 def _port_spec(svc: Service, port: ServicePort, cluster_ip: int, backends: list[Backend], node: str,
-               family: int) -> PortSpec:
+               family: int, detector: bool) -> PortSpec:
     name = kc.service_port_name(svc.namespace, svc.name, port.name)
     proto = port.protocol.lower()
     chosen: dict[tuple[int, int], Backend] = {}
@@ -178,6 +190,7 @@ def _port_spec(svc: Service, port: ServicePort, cluster_ip: int, backends: list[
         lb_ips=lb_ips, source_ranges=Intervals.of_networks(ranges) if ranges else None,
         node_port=node_port, hc_port=hc or 0, has_any=has_any,
         internal=policy(internal_local, None), external=policy(external_local, not external_local),
+        pod_external=policy(external_local and not detector, None), node_external=policy(False, None),
         endpoints=dict(eps),
     )
 
@@ -281,7 +294,8 @@ class _Context:
         if routes is not None:
             bridge += [r.src for r in routes.family(family) if r.dev == BRIDGE and r.src is not None]
         self.local = chains.local_intervals([str(a) for a in local + bridge], family)
-        self.program = Program(ruleset, self.local)
+        bridged = Intervals.of_networks(c for c in node.pod_cidrs if c.version == family)
+        self.program = Program(ruleset, self.local, bridged, BRIDGE)
         self.node_ip = int(local[0]) if local else None
         own = Intervals.of_networks(c for c in node.pod_cidrs if c.version == family)
         own |= Intervals((int(ip), int(ip)) for p in self.index.pods_by_node.get(node.name, ())
@@ -412,23 +426,26 @@ def _questions(ctx: _Context, spec: PortSpec, wanted: set[str]) -> Iterable[_Que
             src = Intervals.point(ctx.node_ip)
             yield _Question(internal_id, spec, "cluster IP", "node", None, src, spec.cluster_ip, spec.port.port,
                             ((src, spec.internal),), f"node {node}")
-    if not (external_id in wanted or (spec.has_any and "KS205" in wanted)) or not ctx.outside:
+    if not (external_id in wanted or (spec.has_any and "KS205" in wanted)):
         return
-    outside = ctx.outside
-    plain = ((outside, spec.external),)
-    for ip in spec.external_ips:
-        yield _Question(external_id, spec, "external IP", "outside", None, outside, ip, spec.port.port, plain,
-                        "outside sources")
-    for ip in spec.lb_ips:
-        regions = plain
-        if spec.source_ranges is not None and spec.has_any:
-            regions = ((outside & spec.source_ranges, spec.external),
-                       (outside - spec.source_ranges, Expect(refuse="DROP")))
-        yield _Question(external_id, spec, "load-balancer IP", "outside", None, outside, ip, spec.port.port,
-                        tuple(r for r in regions if r[0]), "outside sources")
+    points = [("external IP", ip, spec.port.port) for ip in spec.external_ips]
+    points += [("load-balancer IP", ip, spec.port.port) for ip in spec.lb_ips]
     if spec.node_port and ctx.node_ip is not None and _serves_node_ports(ctx, ctx.node_ip):
-        yield _Question(external_id, spec, "nodePort", "outside", None, outside, ctx.node_ip, spec.node_port, plain,
-                        "outside sources")
+        points.append(("nodePort", ctx.node_ip, spec.node_port))
+    sources = [("outside", None, ctx.outside, spec.external, "outside sources")]
+    if ctx.own_pods:
+        sources.append(("pod", BRIDGE, ctx.own_pods, spec.pod_external, f"pods on {node}"))
+    if ctx.node_ip is not None:
+        sources.append(("node", None, Intervals.point(ctx.node_ip), spec.node_external, f"node {node}"))
+    for what, dst, dport in points:
+        for origin, iif, src, expect, label in sources:
+            if not src or (origin == "node" and not spec.has_any and dst not in ctx.local):
+                continue  # kube-proxy refuses in INPUT/FORWARD only: the node's own packets to a remote VIP leave
+            regions: tuple[tuple[Intervals, Expect], ...] = ((src, expect),)
+            if what == "load-balancer IP" and spec.source_ranges is not None and spec.has_any:
+                regions = tuple(r for r in ((src & spec.source_ranges, expect),
+                                            (src - spec.source_ranges, Expect(refuse="DROP"))) if r[0])
+            yield _Question(external_id, spec, what, origin, iif, src, dst, dport, regions, label)
 
 
 def _serves_node_ports(ctx: _Context, address: int) -> bool:
@@ -443,26 +460,43 @@ def _answer(ctx: _Context, q: _Question, check_dispatch: bool) -> list[_Problem]
         leaves = chains.explore(ctx.program, q.origin, fields, q.iif)
     except chains.TooManyPaths as exc:
         return [_problem(ctx, q, ("paths",), f"{_about(ctx, q)}: {exc}", unknown=str(exc))]
-    problems: list[_Problem] = []
-    seen: set[tuple] = set()
+    bad: list[tuple[Leaf, Intervals, tuple, str, int, Expect]] = []
     for leaf in leaves:
         src = _as_set(leaf.domain(SRC))
         for region, expect in q.regions:
             part = src & region
-            if not part:
-                continue
-            bad = _mismatch(ctx, leaf, expect)
-            if bad is None:
-                continue
-            key, text, rule_line = bad
-            if key in seen:
-                continue
+            if part:
+                found = _mismatch(ctx, leaf, expect)
+                if found is not None:
+                    bad.append((leaf, part, *found, expect))
+    problems: list[_Problem] = []
+    seen: set[tuple] = set()
+    for leaf, part, key, text, rule_line, expect in bad:
+        if key in seen:
+            continue
+        problem = _leaf_problem(ctx, q, leaf, part, key, text, rule_line, expect, bad)
+        if not problem.unknown:
             seen.add(key)
-            problems.append(_leaf_problem(ctx, q, leaf, part, key, text, rule_line, expect))
+        problems.append(problem)
     problems += _coverage(ctx, q, leaves)
     if check_dispatch and q.spec.has_any and any(e.dnat for _, e in q.regions):
         problems += _missing_dispatch(ctx, q, leaves)
     return problems
+
+
+def covers(assignments: Sequence[Sequence[tuple[int, str, bool]]], depth: int = 0) -> bool:
+    """Whether leaves with these opaque answers (in the order the walk asked) cover every possible answer.
+
+    A leaf that asked nothing more covers everything; otherwise some opaque
+    match asked next must be covered both when it matches and when it does not.
+    """
+    groups: dict[tuple[int, str], tuple[list, list]] = {}
+    for seq in assignments:
+        if len(seq) <= depth:
+            return True
+        line, text, value = seq[depth]
+        groups.setdefault((line, text), ([], []))[0 if value else 1].append(seq)
+    return any(yes and no and covers(yes, depth + 1) and covers(no, depth + 1) for yes, no in groups.values())
 
 
 def _as_set(value) -> Intervals:
@@ -534,18 +568,28 @@ def _problem(ctx: _Context, q: _Question, key: tuple, message: str, witness: str
 
 
 def _leaf_problem(ctx: _Context, q: _Question, leaf: Leaf, part: Intervals, key: tuple, text: str, line: int,
-                  expect: Expect) -> _Problem:
+                  expect: Expect, bad: list) -> _Problem:
     packet = _packet(ctx, q, part, leaf)
     trace_text, replay_problem = _replay(ctx, q.origin, q.iif, packet, leaf)
     message = f"{_about(ctx, q)} {text}"
     if expect.dnat:
         message += f" (expected one of {_endpoint_list(ctx, expect.endpoints)})"
     extra = [ctx.rule_location(line)] if line else []
-    opaque = leaf.opaque_list()
-    unknown = ""
-    if opaque or leaf.verdict == "UNKNOWN" or replay_problem:
-        unknown = replay_problem or _opaque_reason(opaque, leaf)
+    unknown = replay_problem
+    if not unknown and leaf.verdict == "UNKNOWN":
+        unknown = _opaque_reason(leaf.opaque_list(), leaf)
+    elif not unknown and leaf.opaque is not None:
+        # certain only if, whatever the unmodelled matches answer, this packet still goes wrong
+        src, sport = _packet_values(ctx, packet)
+        same = [b[0].opaque_list() for b in bad if b[0].verdict != "UNKNOWN"
+                and src in _as_set(b[0].domain(SRC)) and sport in _as_set(b[0].domain(SPORT))]
+        if not covers(same):
+            unknown = _opaque_reason(leaf.opaque_list(), leaf)
     return _problem(ctx, q, key, message, f"{packet}: {trace_text}", extra, unknown)
+
+
+def _packet_values(ctx: _Context, packet: Packet) -> tuple[int, int]:
+    return int(ipaddress.ip_address(packet.src)), packet.sport
 
 
 def _opaque_reason(opaque: Sequence[tuple[int, str, bool]], leaf: Leaf) -> str:
@@ -595,7 +639,8 @@ def _coverage(ctx: _Context, q: _Question, leaves: list[Leaf]) -> list[_Problem]
     """Every endpoint a region expects must be chosen, with non-zero probability, for every source in it."""
     problems = []
     decided = [leaf for leaf in leaves if leaf.fresh and leaf.dnat is not None and leaf.verdict == "ACCEPT"]
-    sport_cells = _sport_cells(ctx, decided)
+    exact = all(leaf.opaque is None for leaf in decided) and all(
+        type(leaf.domain(SPORT)) is not int and leaf.domain(SPORT) == ctx.sports for leaf in decided)
     for region, expect in q.regions:
         if not expect.dnat:
             continue
@@ -603,47 +648,71 @@ def _coverage(ctx: _Context, q: _Question, leaves: list[Leaf]) -> list[_Problem]
             continue  # nothing reaches any endpoint: the outcome findings already say what happens instead
         for endpoint in sorted(expect.endpoints):
             reach = [leaf for leaf in decided if leaf.dnat == endpoint]
-            certain = [leaf for leaf in reach if leaf.opaque is None]
-            missing = _uncovered(region, certain, sport_cells)
-            if not missing:
+            if exact:
+                missing = region - _union(_as_set(leaf.domain(SRC)) for leaf in reach)
+                undecided = EMPTY
+            else:
+                missing, undecided = _uncovered_cells(ctx, region, reach)
+            if not missing and not undecided:
                 continue
-            maybe = _uncovered(region, reach, sport_cells)
-            backend = q.spec.endpoints.get(endpoint)
-            extra = _endpoint_locations(ctx, backend)
-            witness_src = missing.pick(ctx.pod_ips if q.origin == "pod" else ctx.outside_witnesses)
-            packet = Packet(chains.protocol_name(q.spec.proto), ctx.addr(witness_src), SPORT_WITNESS,
-                            ctx.addr(q.dst), q.dport)
-            chosen = _chosen_summary(ctx, decided, witness_src)
-            owner = f" ({_backend_label(backend)})" if backend is not None else ""
-            message = (f"{_about(ctx, q)}: endpoint {ctx.endpoint_text(endpoint)}{owner} can never be chosen "
-                       f"for a new connection")
-            witness = f"{packet}: the rules choose only {chosen}"
-            unknown = "" if maybe else _opaque_reason([o for leaf in reach for o in leaf.opaque_list()], reach[0])
-            problems.append(_problem(ctx, q, ("unreachable", endpoint), message, witness, extra, unknown))
+            problems.append(_unreachable(ctx, q, decided, endpoint, missing or undecided, not missing))
     return problems
 
 
-def _sport_cells(ctx: _Context, leaves: list[Leaf]) -> list[int]:
-    """Source ports that represent every distinct way the leaves split the source-port range."""
-    bounds = {ctx.sports.first()}
-    for leaf in leaves:
-        sport = leaf.domain(SPORT)
-        if type(sport) is not int and sport == ctx.sports:
-            continue
-        for lo, hi in _as_set(sport).spans:
-            bounds.update((lo, hi + 1))
-    return sorted(b for b in bounds if b in ctx.sports)
+def _union(sets: Iterable[Intervals]) -> Intervals:
+    spans: list[tuple[int, int]] = []
+    for part in sets:
+        spans.extend(part.spans)
+    return Intervals(spans)
 
 
-def _uncovered(region: Intervals, leaves: list[Leaf], sport_cells: list[int]) -> Intervals:
-    missing = EMPTY
-    for sport in sport_cells:
-        covered = EMPTY
-        for leaf in leaves:
-            if sport in _as_set(leaf.domain(SPORT)):
-                covered = covered | _as_set(leaf.domain(SRC))
-        missing = missing | (region - covered)
-    return missing
+def _uncovered_cells(ctx: _Context, region: Intervals, reach: list[Leaf]) -> tuple[Intervals, Intervals]:
+    """(sources that surely miss the endpoint, sources that miss it only for some unmodelled-match answers).
+
+    Sources and source ports are cut into cells no leaf splits; in each cell
+    the leaves that reach the endpoint must cover every opaque answer.
+    """
+    src_bounds = {lo for lo, _ in region.spans}
+    sport_bounds = {ctx.sports.first()}
+    for leaf in reach:
+        for lo, hi in _as_set(leaf.domain(SRC)).spans:
+            src_bounds.update((lo, hi + 1))
+        for lo, hi in _as_set(leaf.domain(SPORT)).spans:
+            sport_bounds.update((lo, hi + 1))
+    cuts = sorted(src_bounds)
+    sports = [p for p in sorted(sport_bounds) if p in ctx.sports]
+    missing: list[tuple[int, int]] = []
+    undecided: list[tuple[int, int]] = []
+    for lo, hi in region.spans:
+        inner = [c for c in cuts[bisect_left(cuts, lo + 1):bisect_left(cuts, hi + 1)]]
+        for start, stop in zip([lo] + inner, inner + [hi + 1]):
+            holding = [leaf for leaf in reach if start in _as_set(leaf.domain(SRC))]
+            for sport in sports:
+                here = [leaf.opaque_list() for leaf in holding if sport in _as_set(leaf.domain(SPORT))]
+                if not here:
+                    missing.append((start, stop - 1))
+                    break
+                if not covers(here):
+                    undecided.append((start, stop - 1))
+                    break
+    return Intervals(missing), Intervals(undecided)
+
+
+def _unreachable(ctx: _Context, q: _Question, decided: list[Leaf], endpoint: tuple[int, int], sources: Intervals,
+                 maybe: bool) -> _Problem:
+    backend = q.spec.endpoints.get(endpoint)
+    witness_src = sources.pick(ctx.pod_ips if q.origin == "pod" else ctx.outside_witnesses)
+    packet = Packet(chains.protocol_name(q.spec.proto), ctx.addr(witness_src), SPORT_WITNESS, ctx.addr(q.dst),
+                    q.dport)
+    owner = f" ({_backend_label(backend)})" if backend is not None else ""
+    message = (f"{_about(ctx, q)}: endpoint {ctx.endpoint_text(endpoint)}{owner} can never be chosen "
+               f"for a new connection")
+    witness = f"{packet}: the rules choose only {_chosen_summary(ctx, decided, witness_src)}"
+    unknown = ""
+    if maybe:
+        opaque = [o for leaf in decided for o in leaf.opaque_list()]
+        unknown = _opaque_reason(opaque, decided[0]) if opaque else "unmodelled matches decide it"
+    return _problem(ctx, q, ("unreachable", endpoint), message, witness, _endpoint_locations(ctx, backend), unknown)
 
 
 def _chosen_summary(ctx: _Context, leaves: list[Leaf], src: int) -> str:
