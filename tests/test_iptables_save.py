@@ -136,6 +136,8 @@ def test_canonical_forms():
     ("-m recent --rcheck -j ACCEPT", "-m recent --rcheck --name DEFAULT --mask 255.255.255.255 --rsource -j ACCEPT"),
     ("-j REJECT --reject-with tcp-rst", "-j REJECT --reject-with tcp-reset"),
     ("-p udp -m multiport --dports 53,8000:8010 -j ACCEPT", "-p udp -m multiport --dports 53,8000:8010 -j ACCEPT"),
+    ("-c 5 10 -j ACCEPT", "-j ACCEPT"),
+    ("-j DNAT --to-destination 10.0.0.1:80", "-j DNAT --to-destination 10.0.0.1:80"),
 ])
 def test_equivalent_spellings(written, saved):
     head = "*filter\n:INPUT ACCEPT [0:0]\n"
@@ -367,3 +369,19 @@ def test_compiled_rules_equal_their_iptables_save_dump(namespace, variant):
             users = [n for n in ipt.parse(saved, "saved", family).tables["nat"].chains
                      if n not in ipt.BUILTIN_CHAINS["nat"]]
             assert users == sorted(users)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='ab -"\\\t', max_size=30))
+def test_fast_tokeniser_agrees_with_iptables_restores(line):
+    """The quick split is only ever a shortcut: where it answers, it answers what the exact tokeniser does."""
+    try:
+        slow = ipt._tokens(line, "x", 1)
+    except InputError:
+        assert ipt._split(line) is None
+        return
+    fast = ipt._split(line)
+    if fast is not None:
+        words, quoted = fast
+        assert words == [t.text for t in slow]
+        assert quoted == {i for i, t in enumerate(slow) if t.quoted}

@@ -150,8 +150,10 @@ def wrong_dnat_address(t: Target, rng: random.Random) -> Planted | None:
 def masquerade_pod_traffic(t: Target, rng: random.Random) -> Planted | None:
     """Something masquerades traffic between pods (in POSTROUTING, or by marking it for KUBE-POSTROUTING)."""
     net = _pod_network(t)
+    elsewhere = "203.0.113.0/24" if t.family == 4 else "2001:db8::/32"
     variants = [
         ("nat", "POSTROUTING", f"-A POSTROUTING -s {net} -d {net} -j MASQUERADE"),
+        ("nat", "POSTROUTING", f"-A POSTROUTING ! -s {elsewhere} -d {net} -j MASQUERADE"),
         ("nat", "KUBE-POSTROUTING", f"-A KUBE-POSTROUTING -s {net} -j MASQUERADE"),
         ("nat", "PREROUTING", f"-A PREROUTING -s {net} -d {net} -j KUBE-MARK-MASQ"),
     ]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import IO
 
 from kspec.commands.check import print_diagnostics
+from kspec.diagnostics import InputError
 from kspec.frontend.assemble import Flags
 from kspec.pipeline import load
 from kspec.progress import Progress
@@ -86,12 +87,13 @@ def run(args: argparse.Namespace, flags: Flags | None, stdin: IO, stdout: IO, st
         return 2
     ids = selected(only, skip)
     verdicts = run_spec_checks(cluster, ids, disabled)
-    packet = run_packet_checks(cluster, ids, disabled, nodes=args.node or (), rules=rules, timeout=args.timeout,
-                               stderr=stderr)
-    if isinstance(packet, str):
-        print(packet, file=stderr)
+    try:
+        packet_verdicts, nodes, notes = run_packet_checks(cluster, ids, disabled, nodes=args.node or (), rules=rules,
+                                                          timeout=args.timeout)
+    except InputError as exc:
+        print_diagnostics(exc.diagnostics, stderr)
+        print("kspec verify: the rule dump is not valid", file=stderr)
         return 2
-    packet_verdicts, nodes, notes = packet
     report = build_report(verdicts + packet_verdicts, nodes)
     report.notes.extend(notes)
     if args.format == "json":

@@ -324,10 +324,10 @@ def _split(line: str) -> tuple[list[str], frozenset[int]] | None:
             quoted.add(len(words))
             words.append(part)
             continue
-        if (k > 0 and (not part or not part[0].isspace())) or (k < last and part and not part[-1].isspace()):
-            return None  # a quote glued to other text
-        if k < last and k > 0 and not part.strip() and len(part) == 0:
-            return None
+        glued_left = k > 0 and (not part[0].isspace() if part else k != last)
+        glued_right = k < last and (not part[-1].isspace() if part else k != 0)
+        if glued_left or glued_right:
+            return None  # a quote glued to other text: the slow path joins them as iptables does
         words.extend(part.split())
     return words, frozenset(quoted)
 

@@ -11,9 +11,10 @@ One walker, three ways to decide a match:
   ``statistic``/``recent`` rule forks into "matches" / "does not match"
   (a zero-probability branch is cut). The leaves are every possible
   outcome, each with the exact set of packets that reach it;
-* **symbolic** (:func:`explore` with ``symbolic=True``): the same walk, but a
-  split is recorded as a condition on the symbolic packet for Z3
-  (:func:`leaf_formula`) instead of being decided here.
+* **symbolic** (:func:`explore` with ``symbolic=True``): the same walk, and
+  every split is also recorded as a condition on the original packet
+  (:func:`leaf_formula`), so Z3 can confirm a leaf independently of the
+  interval arithmetic and produce a concrete witness packet for it.
 
 The hook order is netfilter's: a packet arriving on an interface (from a
 pod, or from outside) passes raw/mangle/nat PREROUTING, the routing decision
@@ -31,6 +32,7 @@ depended on it says so, so a proof never silently passes through it.
 from __future__ import annotations
 
 import ipaddress
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -43,7 +45,7 @@ from kspec.dataplane.iptables_save import (
     RuleSet,
     parse_nat_range,
 )
-from kspec.verify.encode import DPORT, DST, PROTO, SPORT, SRC, Intervals, field_max
+from kspec.verify.encode import DPORT, DST, PROTO, SPORT, SRC, Intervals, field_max, member, negation
 
 # atom kinds, in the order a rule evaluates them (cheap and decisive first)
 SET, CONST, MARK, CT, IFACE, CHOICE, OPAQUE = range(7)
@@ -144,7 +146,11 @@ def render_steps(steps: Sequence[Step], verdict: str, dnat: str | None, snat: st
     parts: list[str] = []
     hook = None
     chunk: list[str] = []
-    for step in steps:
+    for k, step in enumerate(steps):
+        after = steps[k + 1] if k + 1 < len(steps) else None
+        if step.action.startswith("->") and (after is None or after.chain != step.action.split()[1]
+                                             or (after.table, after.hook) != (step.table, step.hook)):
+            continue  # a jump into a chain where nothing fired: it only passed through
         if (step.table, step.hook) != hook:
             if chunk:
                 parts.append(" -> ".join(chunk))
@@ -170,9 +176,10 @@ def render_steps(steps: Sequence[Step], verdict: str, dnat: str | None, snat: st
 class CRule:
     """A rule ready to walk: its matches as atoms, its target as a kind and an argument."""
 
-    __slots__ = ("rule", "atoms", "kind", "arg", "action", "effect_free", "line", "chain", "table")
+    __slots__ = ("rule", "atoms", "kind", "arg", "action", "effect_free", "line", "chain", "table", "index")
 
     def __init__(self, rule: Rule, atoms: tuple, kind: int, arg, action: str) -> None:
+        self.index = 0  # position in its chain
         self.rule = rule
         self.atoms = atoms
         self.kind = kind
@@ -192,6 +199,8 @@ class CChain:
     SMALL = 8
 
     def __init__(self, name: str, table: str, policy: str | None, rules: list[CRule]) -> None:
+        for position, cr in enumerate(rules):
+            cr.index = position
         self.name = name
         self.table = table
         self.policy = policy
@@ -224,28 +233,29 @@ class CChain:
                 self.ranges.append((required, pos))
         self.keys = sorted(self.points)
 
-    def candidates(self, values: list) -> list[CRule]:
-        """The rules, in order, that can match a packet whose fields are ``values``."""
+    def candidates(self, values: list) -> tuple[list[CRule], list[int] | None]:
+        """The rules, in order, that can match a packet whose fields are ``values``, and their positions
+        in the chain (None: all the chain's rules, so a rule's position is its index in the list)."""
         if self.field < 0:
-            return self.rules
+            return self.rules, None
         value = values[self.field]
         if type(value) is int:
             found = self.cache.get(value)
             if found is None:
                 positions = self.generic + self.points.get(value, [])
                 positions += [pos for iv, pos in self.ranges if value in iv]
-                found = [self.rules[p] for p in sorted(positions)]
+                positions.sort()
+                found = ([self.rules[p] for p in positions], positions)
                 if len(self.cache) < 500_000:
                     self.cache[value] = found
             return found
-        import bisect
-
         positions = list(self.generic)
         for lo, hi in value.spans:
-            for key in self.keys[bisect.bisect_left(self.keys, lo):bisect.bisect_right(self.keys, hi)]:
+            for key in self.keys[bisect_left(self.keys, lo):bisect_right(self.keys, hi)]:
                 positions += self.points[key]
         positions += [pos for iv, pos in self.ranges if not iv.disjoint(value)]
-        return [self.rules[p] for p in sorted(positions)]
+        positions.sort()
+        return [self.rules[p] for p in positions], positions
 
 
 def _pinned_fields(cr: CRule) -> Iterable[int]:
@@ -306,15 +316,15 @@ class Program:
             elif name == "protocol":
                 value = opt.values[0]
                 if value == "all":
-                    yield (CONST, opt.negated)
+                    yield (CONST, not opt.negated)  # "-p all" matches everything, "! -p all" nothing
                 else:
                     number = PROTOCOL_NUMBERS.get(value, None)
                     number = int(value) if number is None else number
                     yield (SET, PROTO, Intervals.point(number), opt.negated)
             elif name in ("in-interface", "out-interface"):
                 yield (IFACE, name, opt.values[0], opt.negated)
-            else:  # -f: first packets are never later fragments
-                yield (CONST, not opt.negated)
+            else:  # -f: a connection's first packet is never a later fragment
+                yield (CONST, opt.negated)
             return
         module = match.module
         described = f"-m {module}"
@@ -324,7 +334,7 @@ class Program:
                 low, _, high = opt.values[0].partition(":")
                 yield (SET, SPORT if name == "sport" else DPORT, Intervals.span(int(low), int(high or low)), neg)
             elif module == "tcp" and name == "syn":
-                yield (CONST, neg)  # a connection's first packet is a SYN
+                yield (CONST, not neg)  # a connection's first packet is a SYN
             elif module in ("comment", "nfacct"):
                 continue
             elif module in ("conntrack", "state") and name in ("ctstate", "state"):
@@ -361,10 +371,6 @@ class Program:
                     low, _, high = part.partition(":")
                     spans.append((int(low), int(high or low)))
                 yield (SET, SPORT if name == "sports" else DPORT, Intervals(spans), neg)
-            elif module == "limit" and name == "limit":
-                yield (CHOICE, "limit", 0, 0, neg, f"-m limit {opt.text()}")
-            elif module == "limit":
-                continue
             else:
                 yield (OPAQUE, f"{described} {opt.text()}")
         if module not in _MODELLED_MODULES and not match.options:
@@ -426,7 +432,7 @@ class Program:
 
 
 _MODELLED_MODULES = frozenset({"tcp", "udp", "sctp", "udplite", "comment", "nfacct", "conntrack", "state",
-                               "addrtype", "statistic", "recent", "mark", "iprange", "multiport", "limit"})
+                               "addrtype", "statistic", "recent", "mark", "iprange", "multiport"})
 
 
 def _option(match: Match, name: str) -> str:
@@ -579,14 +585,16 @@ class _Walker:
             out.append((st, X_UNKNOWN))
             return
         explore = self.mode != "concrete"
-        pending = [(st, pos)]
+        pending = [(st, pos)]  # (state, position in the chain of the next rule to try)
         while pending:
             st, pos = pending.pop()
-            rules = chain.candidates(st.v)
+            rules, positions = chain.candidates(st.v)
+            k = pos if positions is None else bisect_left(positions, pos)
             n = len(rules)
-            while pos < n:
-                cr = rules[pos]
-                pos += 1
+            while k < n:
+                cr = rules[k]
+                k += 1
+                pos = cr.index + 1
                 if cr.effect_free and (explore or any(a[0] in (CHOICE, OPAQUE) for a in cr.atoms)):
                     continue
                 matched = self._match(cr, st, 0)
@@ -727,15 +735,15 @@ class _Walker:
             if not outside:
                 return [(st, not negated)]
             yes, no = st, self._fork(st)
+            yes.v[fld] = inside
+            no.v[fld] = outside
+            if st.initial[fld] is domain:
+                yes.initial = _with(yes.initial, fld, inside)
+                no.initial = _with(no.initial, fld, outside)
             if self.mode == "symbolic" and st.sym >> fld & 1:
+                # the condition on the original packet, for Z3 to check the leaf and build its witness
                 yes.guard = ((atom, True), yes.guard)
                 no.guard = ((atom, False), no.guard)
-            else:
-                yes.v[fld] = inside
-                no.v[fld] = outside
-                if st.initial[fld] is domain:
-                    yes.initial = _with(yes.initial, fld, inside)
-                    no.initial = _with(no.initial, fld, outside)
             return [(yes, not negated), (no, negated)]
         if kind == CHOICE:
             return self._choose(atom, st, line)
@@ -783,7 +791,7 @@ class _Walker:
             branch.picks = ((line, text, value), branch.picks)
             branch.prob = st.prob * p
             if what != "statistic" and value:
-                branch.fresh = False  # an earlier connection (recent) or the rate (limit) decided it
+                branch.fresh = False  # an earlier connection of this client chose the endpoint (affinity)
             out.append((branch, value))
         return out
 
@@ -845,9 +853,9 @@ def explore(program: Program, origin: str, fields: Sequence[int | Intervals], in
             symbolic: bool = False, mark: int = 0) -> list[Leaf]:
     """Every outcome for the packets ``fields`` (src, dst, proto, sport, dport; ints or Intervals).
 
-    In refine mode each leaf's :meth:`Leaf.domain` is the exact set of
-    entering packets (per field) that reach it; in symbolic mode the leaves
-    carry a guard for :func:`leaf_formula` instead.
+    Each leaf's :meth:`Leaf.domain` is the exact set of entering packets (per
+    field) that reach it; in symbolic mode the leaves also carry the
+    conditions on the original packet for :func:`leaf_formula`.
     """
     walker = _Walker(program, "symbolic" if symbolic else "refine")
     return walker.run(origin, _start(fields, mark, in_interface, symbolic))
@@ -855,13 +863,10 @@ def explore(program: Program, origin: str, fields: Sequence[int | Intervals], in
 
 def leaf_formula(leaf: Leaf, packet) -> list:
     """The Z3 conditions under which the symbolic packet ``packet`` (encode.PacketVars) reaches ``leaf``."""
-    from kspec.verify.encode import member
-    import z3
-
     out = []
-    for atom, truth in leaf.guard_list():
+    for atom, inside in leaf.guard_list():  # inside: whether the field is in the atom's set (before its "!")
         term = member(packet.fields[atom[1]], atom[2])
-        out.append(term if truth != atom[3] else z3.Not(term))
+        out.append(term if inside else negation(term))
     return out
 
 

@@ -27,8 +27,8 @@ SRC, DST, PROTO, SPORT, DPORT = range(5)
 FIELDS = ("src", "dst", "proto", "sport", "dport")
 PORT_MAX = 65535
 PROTO_MAX = 255
-# rlimit units Z3 spends per second on these small bit-vector questions (measured on 2 cores; see tests)
-RLIMIT_PER_SECOND = 20_000_000
+# rlimit units Z3 spends per second of bit-vector solving (measured on this 2-core machine: ~6M/s)
+RLIMIT_PER_SECOND = 6_000_000
 
 
 def address_bits(family: int) -> int:
@@ -176,10 +176,6 @@ def universe(field: int, family: int) -> Intervals:
     return Intervals.span(0, field_max(field, family))
 
 
-def ip_int(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
-    return int(ipaddress.ip_address(address))
-
-
 def ip_text(value: int, family: int) -> str:
     return str(ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value))
 
@@ -220,12 +216,12 @@ def member(var: z3.BitVecRef, intervals: Intervals) -> z3.BoolRef:
     return terms[0] if len(terms) == 1 else z3.Or(terms)
 
 
+def negation(term: z3.BoolRef) -> z3.BoolRef:
+    return z3.Not(term)
+
+
 def conjunction(terms: Sequence[z3.BoolRef]) -> z3.BoolRef:
     return z3.And(list(terms)) if terms else z3.BoolVal(True)
-
-
-def disjunction(terms: Sequence[z3.BoolRef]) -> z3.BoolRef:
-    return z3.Or(list(terms)) if terms else z3.BoolVal(False)
 
 
 SAT, UNSAT, UNKNOWN = "sat", "unsat", "unknown"
@@ -241,12 +237,14 @@ class Answer:
 class Solver:
     """Asks Z3 one question at a time, each in a fresh solver with a timeout and a resource limit.
 
-    The resource limit makes the answer the same on a fast and a slow
-    machine; the timeout only guards against a limit set too high.
+    ``timeout`` (seconds, ``--timeout``) becomes a deterministic resource
+    limit, so an answer is the same on a fast and a slow machine; the wall
+    clock, at twice the timeout, only guards against a limit set too high.
     """
 
     def __init__(self, timeout: float, rlimit: int | None = None) -> None:
-        self.timeout_ms = max(1, int(timeout * 1000))
+        self.timeout = timeout
+        self.timeout_ms = max(1, int(timeout * 2000) + 1000)
         self.rlimit = rlimit if rlimit is not None else max(1, int(timeout * RLIMIT_PER_SECOND))
         self.queries = 0
 
@@ -265,8 +263,9 @@ class Solver:
             values = tuple(model.eval(v, model_completion=True).as_long() for v in packet.fields)
             return Answer(SAT, values)
         reason = solver.reason_unknown() or "unknown"
-        if "canceled" in reason or "timeout" in reason:
-            reason = f"the solver timed out after {self.timeout_ms / 1000:g} s"
-        elif "max. resource limit" in reason or "rlimit" in reason:
-            reason = f"the solver reached its resource limit ({self.rlimit} units, from --timeout)"
+        if any(word in reason for word in ("canceled", "timeout", "resource")):
+            reason = (f"the solver gave up at its limit ({self.rlimit} resource units, about {self.timeout:g} s "
+                      "of solving; raise --timeout)")
+        else:
+            reason = f"the solver answered unknown ({reason})"
         return Answer(UNKNOWN, reason=reason)

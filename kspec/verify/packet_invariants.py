@@ -39,7 +39,7 @@ from kspec.backends import kube_chains as kc
 from kspec.backends import routes as route_conventions
 from kspec.dataplane import iptables_save, routes_batch
 from kspec.diagnostics import Span, register_source
-from kspec.model import Backend, IPNetwork, Node, ResolvedCluster, Service, ServicePort
+from kspec.model import Backend, IPNetwork, Node, Pod, ResolvedCluster, Service, ServicePort
 from kspec.verify import chains
 from kspec.verify.catalogue import CATALOGUE
 from kspec.verify.chains import Hooks, Leaf, Packet, Program
@@ -55,8 +55,10 @@ from kspec.verify.encode import (
     Intervals,
     PacketVars,
     Solver,
+    conjunction,
     ip_text,
     member,
+    negation,
     universe,
 )
 from kspec.verify.result import PROVED, UNKNOWN, VIOLATED, Finding, Location, Verdict
@@ -66,8 +68,11 @@ PACKET_IDS = ("KS201", "KS202", "KS203", "KS204", "KS205")
 BRIDGE = route_conventions.BRIDGE
 SERVICE_CHAIN_PREFIXES = (kc.SVC_PREFIX, kc.SVL_PREFIX, kc.EXT_PREFIX, kc.FW_PREFIX)
 SPORT_WITNESS = 40000
-OUTSIDE_WITNESSES = ("203.0.113.7", "198.51.100.7", "192.0.2.7", "2001:db8:ffff::7")
+OUTSIDE_WITNESSES = ("203.0.113.7", "198.51.100.7", "192.0.2.7", "100.64.0.7", "2001:db8:ffff::7", "2600::7")
 MAX_FINDINGS_PER_SUBJECT = 4
+# kube-proxy's own shared chains (the per-service ones are recognised by their prefixes)
+KUBE_PROXY_CHAINS = frozenset({kc.KUBE_SERVICES, kc.KUBE_EXTERNAL_SERVICES, kc.KUBE_NODEPORTS, kc.KUBE_POSTROUTING,
+                               kc.KUBE_MARK_MASQ, kc.KUBE_FORWARD, kc.KUBE_PROXY_FIREWALL, "KUBE-PROXY-CANARY"})
 
 
 # --- the spec, as kube-proxy's endpoint selection reads it -------------------------------
@@ -115,10 +120,6 @@ class PortSpec:
     @property
     def port_label(self) -> str:
         return f"port {self.port.name or self.port.port}/{self.port.protocol}"
-
-    @property
-    def externally_accessible(self) -> bool:
-        return bool(self.node_port or self.lb_ips or self.external_ips)
 
 
 def port_specs(cluster: ResolvedCluster, node: Node, family: int) -> list[PortSpec]:
@@ -231,20 +232,22 @@ class _ClusterIndex:
     """Cluster-wide lookups built once per cluster (verify runs check_node once per node)."""
 
     def __init__(self, cluster: ResolvedCluster) -> None:
-        self.pods_by_ip: dict[int, object] = {}
-        self.pods_by_node: dict[str, list] = defaultdict(list)
+        self.pods_by_ip: dict[int, Pod] = {}  # IPv4 and IPv6 addresses never collide as ints here:
+        self.pod_ips: dict[int, list[int]] = {4: [], 6: []}  # an IPv4-mapped pod address is not a thing
+        self.pods_by_node: dict[str, list[Pod]] = defaultdict(list)
         for pod in cluster.pods:
             if pod.host_network:
                 continue
             for ip in pod.ips:
                 self.pods_by_ip.setdefault(int(ip), pod)
+                self.pod_ips[ip.version].append(int(ip))
             if pod.node:
                 self.pods_by_node[pod.node].append(pod)
         self.pod_net: dict[int, Intervals] = {}
         self.service_net: dict[int, Intervals] = {}
         for family in (4, 6):
             nets = [c for n in cluster.nodes for c in n.pod_cidrs if c.version == family]
-            points = Intervals((int(ip), int(ip)) for ip in self.pods_by_ip_family(family))
+            points = Intervals((ip, ip) for ip in self.pod_ips[family])
             self.service_net[family] = Intervals.of_networks(
                 c for c in cluster.settings.service_cidrs if c.version == family)
             self.pod_net[family] = (Intervals.of_networks(nets) | points) - self.service_net[family]
@@ -260,10 +263,6 @@ class _ClusterIndex:
             for ip in (*svc.external_ips, *svc.load_balancer_ips, *svc.cluster_ips):
                 inside[ip.version].append(int(ip))
         self.not_outside = {f: Intervals((a, a) for a in values) for f, values in inside.items()}
-
-    def pods_by_ip_family(self, family: int) -> list[int]:
-        bits = 32 if family == 4 else 128
-        return [ip for ip in self.pods_by_ip if (ip < 1 << 32) == (bits == 32)]
 
 
 _INDEX: tuple[weakref.ref, _ClusterIndex] | None = None
@@ -289,14 +288,11 @@ class _Context:
         self.solver = Solver(timeout)
         self.index = _cluster_index(cluster)
         family = self.family
-        local = [ip for ip in node.ips if ip.version == family]
-        bridge = [route_conventions.gateway(c) for c in node.pod_cidrs if c.version == family]
-        if routes is not None:
-            bridge += [r.src for r in routes.family(family) if r.dev == BRIDGE and r.src is not None]
-        self.local = chains.local_intervals([str(a) for a in local + bridge], family)
-        bridged = Intervals.of_networks(c for c in node.pod_cidrs if c.version == family)
+        hooks = node_hooks(node, "pod", family, routes)
+        self.local = chains.local_intervals(hooks.local, family)
+        bridged = Intervals.of_networks(ipaddress.ip_network(c) for c in hooks.bridged)
         self.program = Program(ruleset, self.local, bridged, BRIDGE)
-        self.node_ip = int(local[0]) if local else None
+        self.node_ip = next((int(ip) for ip in node.ips if ip.version == family), None)
         own = Intervals.of_networks(c for c in node.pod_cidrs if c.version == family)
         own |= Intervals((int(ip), int(ip)) for p in self.index.pods_by_node.get(node.name, ())
                          for ip in p.ips if ip.version == family)
@@ -308,7 +304,6 @@ class _Context:
         self.outside_witnesses = [int(ipaddress.ip_address(a)) for a in OUTSIDE_WITNESSES
                                   if ipaddress.ip_address(a).version == family]
         self.sports = Intervals.span(1, 65535)
-        self.questions = 0
 
     def _outside(self) -> Intervals:
         family = self.family
@@ -332,6 +327,18 @@ class _Context:
     def point_text(self, proto: int, dst: int, dport: int) -> str:
         host = self.addr(dst) if self.family == 4 else f"[{self.addr(dst)}]"
         return f"{chains.protocol_name(proto).upper()} {host}:{dport}"
+
+
+def node_hooks(node: Node, origin: str, family: int = 4, routes: routes_batch.Routes | None = None) -> Hooks:
+    """The :class:`~kspec.verify.chains.Hooks` of a packet entering ``node`` from ``origin`` ("pod",
+    "outside", "node"): the node's own addresses (its IPs, its bridge's address, as the routes file or the
+    host-gw convention has it) and its bridged podCIDRs; what ``kspec trace`` hands to ``trace_packet``."""
+    local = [ip for ip in node.ips if ip.version == family]
+    local += [route_conventions.gateway(c) for c in node.pod_cidrs if c.version == family]
+    if routes is not None:
+        local += [r.src for r in routes.family(family) if r.dev == BRIDGE and r.src is not None]
+    bridged = tuple(str(c) for c in node.pod_cidrs if c.version == family)
+    return Hooks(origin, tuple(dict.fromkeys(str(a) for a in local)), BRIDGE if origin == "pod" else None, bridged)
 
 
 # --- the entry point ---------------------------------------------------------------------------
@@ -367,10 +374,12 @@ def check_node(cluster: ResolvedCluster, node: Node, rules_text: str, rules_name
     if per_service:
         for spec in specs:
             for question in _questions(ctx, spec, per_service):
-                checked[question.invariant] = checked.get(question.invariant, 0) + 1
+                if question.invariant in checked:
+                    checked[question.invariant] += 1
+                    subjects[question.invariant].append(spec.label)
                 problems += _answer(ctx, question, "KS205" in wanted)
-            for invariant in per_service:
-                subjects[invariant].append(spec.label)
+            if "KS205" in wanted:
+                subjects["KS205"].append(spec.label)
     if "KS205" in wanted:
         entry_problems, entries = _extra_rules(ctx, specs)
         problems += entry_problems
@@ -392,14 +401,18 @@ def _verdict(invariant: str, problems: list[_Problem], checked: int, subjects: I
         grouped.setdefault(p.key, p)
     violated = [p for p in grouped.values() if not p.unknown]
     undecided = [p for p in grouped.values() if p.unknown]
-    per_subject: dict[str, int] = defaultdict(int)
-    findings = []
+    by_subject: dict[str, list[_Problem]] = defaultdict(list)
     for p in violated:
-        per_subject[p.subject] += 1
-        if per_subject[p.subject] > MAX_FINDINGS_PER_SUBJECT:
-            continue
-        findings.append(Finding(invariant, p.message, p.locations, p.witness, CATALOGUE[invariant].fix,
-                                p.subject, p.suppressed, p.details))
+        by_subject[p.subject].append(p)
+    findings = []
+    for subject, items in by_subject.items():
+        for k, p in enumerate(items[:MAX_FINDINGS_PER_SUBJECT]):
+            details = p.details
+            if k == MAX_FINDINGS_PER_SUBJECT - 1 and len(items) > MAX_FINDINGS_PER_SUBJECT:
+                details += (f"{len(items) - MAX_FINDINGS_PER_SUBJECT} more findings about {subject} are not shown; "
+                            "they have the same cause more often than not",)
+            findings.append(Finding(invariant, p.message, p.locations, p.witness, CATALOGUE[invariant].fix,
+                                    subject, p.suppressed, details))
     findings.sort(key=Finding.sort_key)
     unique_subjects = tuple(dict.fromkeys(subjects))
     if findings:
@@ -454,7 +467,6 @@ def _serves_node_ports(ctx: _Context, address: int) -> bool:
 
 
 def _answer(ctx: _Context, q: _Question, check_dispatch: bool) -> list[_Problem]:
-    ctx.questions += 1
     fields = [q.src, q.dst, q.spec.proto, ctx.sports, q.dport]
     try:
         leaves = chains.explore(ctx.program, q.origin, fields, q.iif)
@@ -519,7 +531,8 @@ def _mismatch(ctx: _Context, leaf: Leaf, expect: Expect) -> tuple[tuple, str, in
             if leaf.verdict != "ACCEPT":
                 return ("refused", leaf.verdict), f"is rewritten to {ctx.endpoint_text((addr, port))} and then " \
                     f"{_verb(leaf.verdict)}", last
-            if expect.masquerade is not None and (leaf.snat is not None) != expect.masquerade:
+            forwarded = addr not in ctx.local  # delivered locally (a hostNetwork endpoint): no POSTROUTING, no SNAT
+            if forwarded and expect.masquerade is not None and (leaf.snat is not None) != expect.masquerade:
                 if expect.masquerade:
                     return ("no-masq",), "reaches an endpoint without being masqueraded (externalTrafficPolicy " \
                         "Cluster must SNAT it)", last
@@ -644,15 +657,17 @@ def _coverage(ctx: _Context, q: _Question, leaves: list[Leaf]) -> list[_Problem]
     for region, expect in q.regions:
         if not expect.dnat:
             continue
-        if not any(leaf.dnat in expect.endpoints for leaf in decided):
-            continue  # nothing reaches any endpoint: the outcome findings already say what happens instead
+        # sources that reach no endpoint at all are the outcome findings' business, not this one's
+        served = region & _union(_as_set(leaf.domain(SRC)) for leaf in decided if leaf.dnat in expect.endpoints)
+        if not served:
+            continue
         for endpoint in sorted(expect.endpoints):
             reach = [leaf for leaf in decided if leaf.dnat == endpoint]
             if exact:
-                missing = region - _union(_as_set(leaf.domain(SRC)) for leaf in reach)
+                missing = served - _union(_as_set(leaf.domain(SRC)) for leaf in reach)
                 undecided = EMPTY
             else:
-                missing, undecided = _uncovered_cells(ctx, region, reach)
+                missing, undecided = _uncovered_cells(ctx, served, reach)
             if not missing and not undecided:
                 continue
             problems.append(_unreachable(ctx, q, decided, endpoint, missing or undecided, not missing))
@@ -721,11 +736,18 @@ def _chosen_summary(ctx: _Context, leaves: list[Leaf], src: int) -> str:
     for leaf in leaves:
         if src in _as_set(leaf.domain(SRC)):
             chosen[leaf.dnat] = chosen.get(leaf.dnat, 0.0) + leaf.prob
-            lines.setdefault(leaf.dnat, _deciding_line(leaf))
+            lines.setdefault(leaf.dnat, _choice_line(leaf))
     if not chosen:
         return "no endpoint at all"
     return ", ".join(f"{chains.dnat_text(d, ctx.family)} (p={p:.3f}, line {lines[d]})"
                      for d, p in sorted(chosen.items(), key=lambda kv: kv[0]))
+
+
+def _choice_line(leaf: Leaf) -> int:
+    """The rule that chose the endpoint: the last jump into a KUBE-SEP chain, else the DNAT itself."""
+    steps = leaf.step_list()
+    return next((s.line for s in reversed(steps) if s.action.startswith(f"-> {kc.SEP_PREFIX}")),
+                _deciding_line(leaf))
 
 
 def _backend_label(backend: Backend) -> str:
@@ -822,8 +844,8 @@ def _entry(cr: chains.CRule, table: str, chain: str, by_chain: dict, refusals: d
     """Whether a rule is a dispatch into service-specific handling, and what it may match if so."""
     if cr.kind in (chains.JUMP, chains.GOTO) and cr.arg.startswith(SERVICE_CHAIN_PREFIXES + (kc.SEP_PREFIX,)):
         return by_chain.get(cr.arg, []), f"jumps to {cr.arg}"
-    if not chain.startswith("KUBE-"):
-        return [], None
+    if chain not in KUBE_PROXY_CHAINS:
+        return [], None  # kubelet's, a CNI's (KUBE-HOSTPORTS...) or anyone else's: not the service map
     if cr.kind == chains.DNAT and table == "nat":
         return [], f"rewrites to {cr.action[5:]}"
     if table == "filter" and chain in refusals and cr.kind in (chains.REJECT, chains.DROP, chains.ACCEPT) and \
@@ -858,9 +880,9 @@ def _extra_rule(ctx: _Context, cr: chains.CRule, box: Box, allowed: list[Box], r
     for atom in cr.atoms:
         if atom[0] == chains.SET:
             term = member(packet.fields[atom[1]], atom[2])
-            formulas.append(term if not atom[3] else _not(term))
+            formulas.append(term if not atom[3] else negation(term))
     for dst, proto, dport in allowed:
-        formulas.append(_not(_and([member(packet.fields[DST], dst), member(packet.fields[PROTO], proto),
+        formulas.append(negation(conjunction([member(packet.fields[DST], dst), member(packet.fields[PROTO], proto),
                                    member(packet.fields[DPORT], dport)])))
     answer = ctx.solver.check(packet, formulas)
     location = ctx.rule_location(cr.line)
@@ -898,18 +920,6 @@ def _extra_rule(ctx: _Context, cr: chains.CRule, box: Box, allowed: list[Box], r
                      suppressed)]
 
 
-def _not(term):
-    import z3
-
-    return z3.Not(term)
-
-
-def _and(terms):
-    import z3
-
-    return z3.And(terms)
-
-
 # --- KS201: pod to pod, unchanged, over the whole pod network --------------------------------------
 
 
@@ -933,8 +943,11 @@ def _pod_to_pod(ctx: _Context) -> tuple[list[_Problem], int]:
             problems.append(_Problem("KS201", ("KS201", "paths", label), f"pod-to-pod traffic from {label}: {exc}",
                                      unknown=str(exc), subject=f"node {ctx.node.name}"))
             continue
-        for leaf in leaves:
-            if leaf.verdict == "ACCEPT" and leaf.dnat is None and leaf.snat is None:
+        bad = [leaf for leaf in leaves if not (leaf.verdict == "ACCEPT" and leaf.dnat is None and leaf.snat is None)]
+        shown: set[tuple] = set()
+        for leaf in bad:
+            key = _pod_key(ctx, leaf)
+            if key in shown:
                 continue
             base = [member(packet.fields[SRC], src), member(packet.fields[DST], dst)] + chains.leaf_formula(leaf, packet)
             answer = ctx.solver.check(packet, base)
@@ -950,14 +963,31 @@ def _pod_to_pod(ctx: _Context) -> tuple[list[_Problem], int]:
                                          subject=f"node {ctx.node.name}", unknown=answer.reason))
                 continue
             if answer.status == SAT:
-                problems.append(_pod_problem(ctx, label, iif, answer.values, leaf))
+                problem = _pod_problem(ctx, label, iif, answer.values, leaf)
+                if not problem.unknown and (leaf.opaque is not None or leaf.verdict == "UNKNOWN"):
+                    # certain only if the packet goes wrong whatever the unmodelled matches answer
+                    same = [b.opaque_list() for b in bad if b.verdict != "UNKNOWN" and _holds(b, answer.values)]
+                    if leaf.verdict == "UNKNOWN" or not covers(same):
+                        problem.unknown = _opaque_reason(leaf.opaque_list(), leaf)
+                problems.append(problem)
+                if not problem.unknown:
+                    shown.add(key)
     return problems, questions
+
+
+def _pod_key(ctx: _Context, leaf: Leaf) -> tuple:
+    return (leaf.verdict, chains.dnat_text(leaf.dnat, ctx.family), leaf.snat, _deciding_line(leaf))
+
+
+def _holds(leaf: Leaf, values: Sequence[int]) -> bool:
+    """Whether the packet ``values`` (src, dst, proto, sport, dport as it entered) reaches ``leaf``."""
+    return all(v in _as_set(leaf.domain(f)) for f, v in enumerate(values))
 
 
 def _witness_preferences(ctx: _Context, packet: PacketVars) -> list[list]:
     """Nicer witnesses to try first: real pods' addresses, then any TCP packet to port 80."""
     tcp = [packet.fields[PROTO] == 6, packet.fields[SPORT] == SPORT_WITNESS, packet.fields[DPORT] == 80]
-    pods = sorted(ctx.index.pods_by_ip_family(ctx.family))[:64]
+    pods = sorted(ctx.index.pod_ips[ctx.family])[:64]
     if not pods:
         return [tcp]
     addresses = Intervals((ip, ip) for ip in pods)
@@ -983,11 +1013,8 @@ def _pod_problem(ctx: _Context, label: str, iif: str | None, values: tuple[int, 
     locations.append(located(ctx.node.origin, f"node {ctx.node.name}", "node.podCIDR"))
     between = f" ({' to '.join(names)})" if names else ""
     message = f"pod-to-pod traffic from {label} through node {ctx.node.name} {what}{between}"
-    unknown = replay_problem or (_opaque_reason(leaf.opaque_list(), leaf) if leaf.opaque or leaf.verdict == "UNKNOWN"
-                                 else "")
-    return _Problem("KS201", ("KS201", "rules", leaf.verdict, chains.dnat_text(leaf.dnat, ctx.family), leaf.snat,
-                              line), message, tuple(locations), f"{packet}: {trace_text}",
-                    f"node {ctx.node.name}", unknown)
+    return _Problem("KS201", ("KS201", "rules") + _pod_key(ctx, leaf), message, tuple(locations),
+                    f"{packet}: {trace_text}", f"node {ctx.node.name}", replay_problem)
 
 
 def _pod_routes(ctx: _Context) -> tuple[list[_Problem], int]:
