@@ -16,6 +16,7 @@ from typing import Any
 
 from kspec.diagnostics import DiagnosticSink, Span
 from kspec.frontend import values
+from kspec.frontend.document import SYNTHETIC, Origin
 from kspec.frontend.parts import OwnerRef, Parts, Setting
 from kspec.model import (
     DEFAULT_NODE_NETWORK,
@@ -109,6 +110,16 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def _origin_of(winners: dict[str, Setting], names: tuple[str, ...]) -> Origin:
+    """Where the settings were given: the parent of the first setting found (the
+    kspec ``cluster:`` section, the KubeProxyConfiguration...), for findings about them."""
+    for name in names:
+        if name in winners:
+            origin = winners[name].origin
+            return Origin(origin.doc, origin.path[:-1])
+    return SYNTHETIC
+
+
 def build_settings(parts: Parts, flags: Flags, sink: DiagnosticSink) -> ClusterSettings:
     chosen, winners, defaulted = _resolve(parts, flags, sink)
     proxy = ProxySettings(
@@ -122,6 +133,7 @@ def build_settings(parts: Parts, flags: Flags, sink: DiagnosticSink) -> ClusterS
         detect_local_mode=chosen.get("detect_local_mode", "ClusterCIDR"),
         random_fully=flags.random_fully,
         nfacct=flags.nfacct,
+        origin=_origin_of(winners, ("proxy_mode", "ipvs_scheduler", "masquerade_all", "detect_local_mode")),
     )
     settings = ClusterSettings(
         name=chosen.get("name", "kspec"),
@@ -132,6 +144,7 @@ def build_settings(parts: Parts, flags: Flags, sink: DiagnosticSink) -> ClusterS
         node_cidr_mask_v4=chosen.get("node_cidr_mask_v4", 24),
         node_cidr_mask_v6=chosen.get("node_cidr_mask_v6", 64),
         proxy=proxy,
+        origin=_origin_of(winners, ("pod_cidrs", "service_cidrs", "domain", "node_port_range", "name")),
         defaulted=tuple(defaulted),
     )
     for cidr in settings.pod_cidrs:
