@@ -184,3 +184,16 @@ def test_ks111_two_services_sharing_an_ip_clash_in_reverse_dns():
                                       Service("default", "b", ports=(ServicePort(80),)))))
     broken = plant(base, "KS111", 0)
     assert {"KS107", "KS111"} <= violated(broken)
+
+
+def test_node_address_inside_a_pod_cidr_is_found_among_many():
+    nodes = [Node(f"n{i}", (ipaddress.ip_address(int(ipaddress.ip_address("192.168.0.1")) + i),),
+                  (ipaddress.ip_network(f"10.244.{i}.0/24"),)) for i in range(200)]
+    nodes.append(Node("bad", (ipaddress.ip_address("10.244.77.9"),), (ipaddress.ip_network("10.244.250.0/24"),)))
+    nodes.append(Node("big", (ipaddress.ip_address("192.168.5.5"),), (ipaddress.ip_network("10.245.0.0/16"),)))
+    nodes.append(Node("in-big", (ipaddress.ip_address("10.245.200.1"),), (ipaddress.ip_network("10.245.7.0/24"),)))
+    cluster = resolve_keep(Cluster(ClusterSettings(), tuple(nodes)))
+    messages = [f.message for f in verdicts(cluster)["KS106"].findings]
+    assert any("node bad's address 10.244.77.9 lies inside the pod network" in m for m in messages)
+    assert any("node in-big's address 10.245.200.1 lies inside the podCIDR of big" in m for m in messages)
+    assert len(messages) == 2

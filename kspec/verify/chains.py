@@ -27,6 +27,15 @@ the nat table sees.
 A match kspec does not model (``-m set``, ``physdev``, ``--limit-iface-in``,
 an unknown module) is *opaque*: it forks like a choice, and every leaf that
 depended on it says so, so a proof never silently passes through it.
+
+IPVS mode adds two optional inputs to a :class:`Program`: the node's ipsets,
+as a resolver from ``--match-set NAME DIRS`` to a :class:`Membership` (so the
+set matches are decided, exactly, splitting interval fields like any other
+match), and its IPVS table (:class:`IpvsTable`), which the walk consults
+where the kernel does -- after filter INPUT for a packet arriving for a local
+address, after nat OUTPUT for one the node sends -- forking once per real
+server of weight > 0 and rejecting (ICMP port unreachable) when a virtual
+server has none. Without them a Program behaves exactly as before.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ from __future__ import annotations
 import ipaddress
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from kspec.dataplane.iptables_save import (
     FULL_MARK,
@@ -49,6 +58,8 @@ from kspec.verify.encode import DPORT, DST, PROTO, SPORT, SRC, Intervals, field_
 
 # atom kinds, in the order a rule evaluates them (cheap and decisive first)
 SET, CONST, MARK, CT, IFACE, CHOICE, OPAQUE = range(7)
+# IPVS mode: an ipset match (-m set), an IPVS connection match (-m ipvs), --physdev-is-in
+MEMBER, IPVSM, PHYS = 7, 8, 9
 # target kinds
 JUMP, GOTO, ACCEPT, DROP, REJECT, RETURN, DNAT, SNAT, MASQ, SETMARK, NOOP, UNKNOWN = range(12)
 # how a chain walk ends
@@ -66,6 +77,10 @@ FORWARD = (("mangle", "FORWARD"), ("filter", "FORWARD"), ("security", "FORWARD")
            ("nat", "POSTROUTING"))
 LOCAL_OUT = (("raw", "OUTPUT"), ("mangle", "OUTPUT"), ("nat", "OUTPUT"), ("filter", "OUTPUT"),
              ("security", "OUTPUT"), ("mangle", "POSTROUTING"), ("nat", "POSTROUTING"))
+# where IPVS sits in those hook lists (ip_vs_ops: LOCAL_IN before nat INPUT, LOCAL_OUT after nat OUTPUT)
+LOCAL_IN_BEFORE_IPVS, LOCAL_IN_AFTER_IPVS = LOCAL_IN[:3], LOCAL_IN[3:]
+LOCAL_OUT_BEFORE_IPVS, LOCAL_OUT_AFTER_IPVS = LOCAL_OUT[:3], LOCAL_OUT[3:]
+IPVS_PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
 ORIGINS = ("pod", "outside", "node")
 
 
@@ -170,6 +185,94 @@ def render_steps(steps: Sequence[Step], verdict: str, dnat: str | None, snat: st
     return "; ".join(parts + [" ".join(tail)]) if parts else " ".join(tail) + " (no rule fired)"
 
 
+# --- IPVS mode: ipset memberships and the IPVS table ------------------------------------------
+
+
+class Membership:
+    """An ipset match as the walk decides it: a packet matches when, for some member, each of
+    ``fields`` (packet field indexes, e.g. (DST, PROTO, DPORT) for ``hash:ip,port dst,dst``)
+    lies in that member's component (an :class:`Intervals` per field).
+
+    Members are indexed by their first component, so a concrete packet costs a dict lookup
+    however big the set (KUBE-CLUSTER-IP holds every service port).
+    """
+
+    __slots__ = ("fields", "members", "_points", "_keys", "_wide")
+
+    def __init__(self, fields: Sequence[int], members: Iterable[Sequence[Intervals]]) -> None:
+        self.fields = tuple(fields)
+        self.members = tuple(tuple(m) for m in members)
+        points: dict[int, list[int]] = {}
+        wide: list[int] = []
+        for i, member_parts in enumerate(self.members):
+            first = member_parts[0].spans
+            if len(first) == 1 and first[0][0] == first[0][1]:
+                points.setdefault(first[0][0], []).append(i)
+            else:
+                wide.append(i)
+        self._points = points
+        self._keys = sorted(points)
+        self._wide = wide
+
+    def candidates(self, domain: int | Intervals) -> list[tuple[Intervals, ...]]:
+        """The members whose first component meets ``domain`` (a value or a set of values)."""
+        members = self.members
+        if type(domain) is int:
+            found = [members[i] for i in self._points.get(domain, ())]
+            return found + [members[i] for i in self._wide if domain in members[i][0]]
+        keys = self._keys
+        found = []
+        for lo, hi in domain.spans:
+            for key in keys[bisect_left(keys, lo):bisect_right(keys, hi)]:
+                found.extend(members[i] for i in self._points[key])
+        return found + [members[i] for i in self._wide if not members[i][0].disjoint(domain)]
+
+
+SetResolver = Callable[[str, tuple[str, ...]], "Membership | None"]
+
+
+@dataclass(frozen=True)
+class RealServer:
+    """One IPVS destination (NAT): where a connection may be rewritten to, and from which line."""
+
+    addr: int
+    port: int
+    weight: int
+    line: int
+    text: str
+
+
+@dataclass(frozen=True)
+class VirtualServer:
+    """One IPVS virtual service (protocol number, address, port) and its real servers."""
+
+    proto: int
+    addr: int
+    port: int
+    line: int
+    text: str
+    real_servers: tuple[RealServer, ...] = ()
+
+
+class IpvsTable:
+    """A node's IPVS virtual services, as the walk consults them (``name``: the file they came from)."""
+
+    def __init__(self, servers: Iterable[VirtualServer], name: str = "<ipvs>") -> None:
+        self.name = name
+        self.servers: dict[tuple[int, int, int], VirtualServer] = {}
+        by_addr: dict[int, dict[int, list[tuple[int, int]]]] = {}
+        for vs in servers:
+            key = (vs.proto, vs.addr, vs.port)
+            if key in self.servers:
+                continue  # the kernel holds one service per key; a dump never repeats one
+            self.servers[key] = vs
+            by_addr.setdefault(vs.addr, {}).setdefault(vs.proto, []).append((vs.port, vs.port))
+        self.addresses = Intervals((a, a) for a in by_addr)
+        self.protocols = {addr: Intervals((p, p) for p in protos) for addr, protos in by_addr.items()}
+        self.ports = {(addr, proto): Intervals(ports) for addr, protos in by_addr.items()
+                      for proto, ports in protos.items()}
+
+
 # --- compiled rules --------------------------------------------------------------------------
 
 
@@ -268,12 +371,16 @@ class Program:
     """A parsed rule set compiled for one node (its local addresses decide ``addrtype LOCAL``)."""
 
     def __init__(self, ruleset: RuleSet, local: Intervals, bridged: Intervals = Intervals(),
-                 bridge: str = "cbr0") -> None:
+                 bridge: str = "cbr0", sets: SetResolver | None = None, ipvs: IpvsTable | None = None,
+                 physdev: bool = False) -> None:
         self.ruleset = ruleset
         self.family = ruleset.family
         self.local = local
         self.bridged = bridged  # the pod ranges on the node's bridge: packets to them leave on ``bridge``
         self.bridge = bridge
+        self.sets = sets  # decides ``-m set --match-set`` (None: opaque)
+        self.ipvs = ipvs  # the IPVS table the walk consults (None: no IPVS)
+        self.physdev = physdev  # decide ``--physdev-is-in``: true exactly for packets from the bridge
         self.chains: dict[tuple[str, str], CChain] = {}
         self.by_rule: dict[int, CRule] = {}
         self.by_line: dict[int, CRule] = {}
@@ -365,6 +472,16 @@ class Program:
                 first, _, last = opt.values[0].partition("-")
                 span = Intervals.span(int(ipaddress.ip_address(first)), int(ipaddress.ip_address(last or first)))
                 yield (SET, SRC if name == "src-range" else DST, span, neg)
+            elif module == "set" and self.sets is not None:
+                atom = self._set_atom(match, opt)
+                if atom is not None:
+                    yield atom
+            elif module == "ipvs" and self.ipvs is not None and name in _IPVS_OPTIONS:
+                only_property = all(o.name == "ipvs" for o in match.options)
+                value = _ipvs_value(name, opt.values[0] if opt.values else "")
+                yield (IPVSM, name, value, neg, only_property)
+            elif module == "physdev" and self.physdev and name == "physdev-is-in":
+                yield (PHYS, neg)
             elif module == "multiport" and name in ("sports", "dports"):
                 spans = []
                 for part in opt.values[0].split(","):
@@ -375,6 +492,18 @@ class Program:
                 yield (OPAQUE, f"{described} {opt.text()}")
         if module not in _MODELLED_MODULES and not match.options:
             yield (OPAQUE, described)
+
+    def _set_atom(self, match: Match, opt) -> tuple | None:
+        """``--match-set NAME DIRS`` decided from the node's sets; flags that change nothing are dropped."""
+        if opt.name in ("update-counters", "update-subcounters", "return-nomatch"):
+            return None  # counters only; no decided set has nomatch entries
+        if opt.name != "match-set" or len(opt.values) != 2:
+            return (OPAQUE, f"-m set {opt.text()}")
+        name, directions = opt.values
+        membership = self.sets(name, tuple(directions.split(",")))
+        if membership is None:
+            return (OPAQUE, f"-m set {opt.text()}")
+        return (MEMBER, membership, opt.negated, f"{'! ' if opt.negated else ''}--match-set {name} {directions}")
 
     def _target(self, rule: Rule) -> tuple[int, object, str]:
         target = rule.target
@@ -443,7 +572,27 @@ def _option(match: Match, name: str) -> str:
 def _atom_order(atom: tuple) -> tuple:
     if atom[0] == SET:
         return (0, {DST: 0, PROTO: 1, DPORT: 2, SRC: 3, SPORT: 4}[atom[1]])
+    if atom[0] == MEMBER:
+        return (0, 5)  # after the plain field matches, before marks, choices and opaque ones
+    if atom[0] in (IPVSM, PHYS):
+        return (CT, 1)
     return (atom[0], 0)
+
+
+_IPVS_OPTIONS = frozenset({"ipvs", "vproto", "vaddr", "vport", "vdir"})
+
+
+def _ipvs_value(name: str, text: str):
+    """The value an ``-m ipvs`` option compares with (None for the flag ``--ipvs``)."""
+    if name == "vproto":
+        return int(text) if text.isdigit() else PROTOCOL_NUMBERS.get(text.lower(), -1)
+    if name == "vaddr":
+        return Intervals.of_network(ipaddress.ip_network(text, strict=False))
+    if name == "vport":
+        return int(text)
+    if name == "vdir":
+        return text.upper()
+    return None
 
 
 # --- the walk ---------------------------------------------------------------------------------
@@ -453,7 +602,7 @@ class Leaf:
     """One outcome of a walk: the verdict, the rewrites, and which packets / choices lead to it."""
 
     __slots__ = ("v", "sym", "mark", "dnat", "snat", "steps", "picks", "prob", "fresh", "opaque", "guard",
-                 "iif", "hook", "verdict", "initial")
+                 "iif", "hook", "verdict", "initial", "vs")
 
     def __init__(self) -> None:
         self.verdict = ""
@@ -475,6 +624,7 @@ class Leaf:
         new.hook = self.hook
         new.verdict = self.verdict
         new.initial = self.initial
+        new.vs = self.vs
         return new
 
     # persistent lists are (head, tail) pairs; these turn them back into tuples, oldest first
@@ -527,6 +677,8 @@ class _Walker:
 
     def run(self, origin: str, start: Leaf) -> list[Leaf]:
         states = [start]
+        if self.program.ipvs is not None:
+            return self._run_ipvs(origin, states)
         if origin == "node":
             states = self._passes(LOCAL_OUT, states)
             local, remote = self._route(states)
@@ -534,6 +686,134 @@ class _Walker:
         states = self._passes(PRE, states)
         local, remote = self._route(states)
         return self._passes(LOCAL_IN, local) + self._passes(FORWARD, remote) + self._finished
+
+    def _run_ipvs(self, origin: str, states: list[Leaf]) -> list[Leaf]:
+        """The hooks with IPVS where the kernel has it: after nat OUTPUT for the node's own packets, after
+        filter INPUT for packets to a local address. A rewritten packet is sent on through filter OUTPUT
+        and POSTROUTING, or, when its real server is the node itself, delivered (nat INPUT)."""
+        if origin == "node":
+            states = self._passes(LOCAL_OUT_BEFORE_IPVS, states)
+            taken, states = self._ipvs(states, "LOCAL_OUT")
+            local, remote = self._route(self._passes(LOCAL_OUT_AFTER_IPVS, states + taken))
+            return self._passes(LOCAL_IN, local) + remote + self._finished
+        states = self._passes(PRE, states)
+        local, remote = self._route(states)
+        taken, local = self._ipvs(self._passes(LOCAL_IN_BEFORE_IPVS, local), "LOCAL_IN")
+        mine, away = self._route(taken)
+        return (self._passes(LOCAL_IN_AFTER_IPVS, local + mine) + self._passes(LOCAL_OUT_AFTER_IPVS, away)
+                + self._passes(FORWARD, remote) + self._finished)
+
+    def _ipvs(self, states: list[Leaf], hook: str) -> tuple[list[Leaf], list[Leaf]]:
+        """(packets a virtual service rewrote, packets no virtual service takes); refusals finish here."""
+        taken: list[Leaf] = []
+        passed: list[Leaf] = []
+        for st in states:
+            st.hook = ("ipvs", hook)
+            for branch, vs in self._split_vs(st):
+                if vs is None:
+                    passed.append(branch)
+                else:
+                    self._schedule(branch, vs, hook, taken)
+        return taken, passed
+
+    def _split_vs(self, st: Leaf) -> list[tuple[Leaf, VirtualServer | None]]:
+        """The state split by the virtual service its (protocol, destination, port) names, if any."""
+        table = self.program.ipvs
+        proto, dst, dport = st.v[PROTO], st.v[DST], st.v[DPORT]
+        if type(proto) is int and type(dst) is int and type(dport) is int:
+            return [(st, table.servers.get((proto, dst, dport)))]
+        out: list[tuple[Leaf, VirtualServer | None]] = []
+        for by_addr, addr in self._pin(st, DST, table.addresses):
+            if addr is None:
+                out.append((by_addr, None))
+                continue
+            for by_proto, number in self._pin(by_addr, PROTO, table.protocols[addr]):
+                if number is None:
+                    out.append((by_proto, None))
+                    continue
+                for by_port, port in self._pin(by_proto, DPORT, table.ports[(addr, number)]):
+                    out.append((by_port, None if port is None else table.servers[(number, addr, port)]))
+        return out
+
+    def _schedule(self, st: Leaf, vs: VirtualServer, hook: str, out: list[Leaf]) -> None:
+        """IPVS NAT: one branch per real server of weight > 0 (the scheduler may pick any of them);
+        none: the kernel answers ICMP port unreachable (ip_vs_leave) and drops the packet."""
+        name = self.program.ipvs.name
+        st.steps = (Step("ipvs", hook, name, vs.line, vs.text, "virtual server"), st.steps)
+        live = [rs for rs in vs.real_servers if rs.weight > 0]
+        if not live:
+            st.steps = (Step("ipvs", hook, name, vs.line, vs.text,
+                             "REJECT (no real server of weight > 0: ICMP port unreachable)"), st.steps)
+            st.verdict = VERDICTS[X_REJECT]
+            self._finished.append(st)
+            return
+        total = sum(rs.weight for rs in live)
+        base = st.prob
+        current = st
+        for k, rs in enumerate(live):
+            text = f"ipvs real server {rs.text.strip()}"
+            if k == len(live) - 1:
+                chosen = current
+            elif self.mode == "concrete":
+                value = self._given(("ipvs", rs.line))
+                current.picks = ((rs.line, text, value), current.picks)
+                if not value:
+                    continue
+                chosen = current
+            else:
+                chosen = self._fork(current)
+                chosen.picks = ((rs.line, text, True), current.picks)
+                current.picks = ((rs.line, text, False), current.picks)
+            chosen.prob = base * rs.weight / total
+            chosen.v[DST] = rs.addr
+            chosen.v[DPORT] = rs.port
+            chosen.sym &= ~((1 << DST) | (1 << DPORT))
+            chosen.dnat = (rs.addr, rs.port)
+            chosen.vs = (vs.proto, vs.addr, vs.port)
+            host = _text(rs.addr, self.program.family)
+            target = f"[{host}]:{rs.port}" if self.program.family == 6 else f"{host}:{rs.port}"
+            chosen.steps = (Step("ipvs", hook, name, rs.line, rs.text, f"DNAT {target}"), chosen.steps)
+            out.append(chosen)
+            if self.mode == "concrete":
+                return
+
+    def _pin(self, st: Leaf, fld: int, values: Intervals) -> list[tuple[Leaf, int | None]]:
+        """The state split into one branch per value of ``values`` it holds, plus the rest (None)."""
+        domain = st.v[fld]
+        if type(domain) is int:
+            return [(st, domain if domain in values else None)]
+        inside = domain & values
+        points = [v for lo, hi in inside.spans for v in range(lo, hi + 1)]
+        branches = self._split_many(st, fld, [Intervals.point(v) for v in points])
+        return [(branch, None if k is None else points[k]) for branch, k in branches]
+
+    def _split_many(self, st: Leaf, fld: int, parts: list[Intervals]) -> list[tuple[Leaf, int | None]]:
+        """Fork the state into disjoint ``parts`` of its field (each inside it) and the rest (index None),
+        keeping the entering packet's domains and, in symbolic mode, the conditions that pick each part."""
+        if not parts:
+            return [(st, None)]
+        domain = st.v[fld]
+        union = _union_of(parts)
+        rest = domain - union
+        track = st.initial[fld] is domain
+        symbolic = self.mode == "symbolic" and st.sym >> fld & 1
+        out: list[tuple[Leaf, int | None]] = []
+        for k, part in enumerate(parts):
+            branch = st if (k == len(parts) - 1 and not rest) else self._fork(st)
+            branch.v[fld] = part
+            if track:
+                branch.initial = _with(branch.initial, fld, part)
+            if symbolic:
+                branch.guard = (((SET, fld, part, False), True), st.guard)
+            out.append((branch, k))
+        if rest:
+            st.v[fld] = rest
+            if track:
+                st.initial = _with(st.initial, fld, rest)
+            if symbolic:
+                st.guard = (((SET, fld, union, False), False), st.guard)
+            out.append((st, None))
+        return out
 
     def _passes(self, hooks: Sequence[tuple[str, str]], states: list[Leaf]) -> list[Leaf]:
         for table, chain in hooks:
@@ -745,6 +1025,12 @@ class _Walker:
                 yes.guard = ((atom, True), yes.guard)
                 no.guard = ((atom, False), no.guard)
             return [(yes, not negated), (no, negated)]
+        if kind == MEMBER:
+            return self._member(atom, st)
+        if kind == IPVSM:
+            return [(st, _ipvs_matches(atom, st.vs))]
+        if kind == PHYS:
+            return [(st, (st.iif is not None and st.iif == self.program.bridge) != atom[1])]
         if kind == CHOICE:
             return self._choose(atom, st, line)
         if kind == IFACE:
@@ -754,6 +1040,57 @@ class _Walker:
             flag = "-i" if atom[1] == "in-interface" else "-o"
             return self._opaque((OPAQUE, f"{'! ' if atom[3] else ''}{flag} {atom[2]}"), st, line)
         return self._opaque(atom, st, line)
+
+    def _member(self, atom: tuple, st: Leaf) -> list[tuple[Leaf, bool]]:
+        """Split a state on an ipset match: field by field, into the members each part can still be."""
+        _, membership, negated, _ = atom
+        fields = membership.fields
+        out: list[tuple[Leaf, bool]] = []
+        pending: list[tuple[Leaf, int, list | None]] = [(st, 0, None)]
+        while pending:
+            cur, depth, members = pending.pop()
+            if depth == len(fields):
+                out.append((cur, not negated))
+                continue
+            value = cur.v[fields[depth]]
+            if members is None:
+                members = membership.candidates(value)
+            elif type(value) is int:
+                members = [m for m in members if value in m[depth]]
+            else:
+                members = [m for m in members if not m[depth].disjoint(value)]
+            if not members:
+                out.append((cur, negated))
+            elif type(value) is int:
+                pending.append((cur, depth + 1, members))
+            else:
+                for branch, part in self._cells(cur, fields[depth], depth, members):
+                    if part:
+                        pending.append((branch, depth + 1, part))
+                    else:
+                        out.append((branch, negated))
+        return out
+
+    def _cells(self, st: Leaf, fld: int, depth: int, members: list) -> list[tuple[Leaf, list]]:
+        """The state split into parts of its field in which the same members remain possible."""
+        domain = st.v[fld]
+        if all(len(m[depth].spans) == 1 and m[depth].spans[0][0] == m[depth].spans[0][1] for m in members):
+            by_point: dict[int, list] = {}
+            for m in members:
+                by_point.setdefault(m[depth].spans[0][0], []).append(m)
+            keys = sorted(by_point)
+            groups = [(Intervals.point(k), by_point[k]) for k in keys]
+        else:
+            pieces = [(m[depth] & domain, m) for m in members]
+            bounds = sorted({x for piece, _ in pieces for lo, hi in piece.spans for x in (lo, hi + 1)})
+            cells: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+            for lo, nxt in zip(bounds, bounds[1:]):
+                holding = tuple(i for i, (piece, _) in enumerate(pieces) if lo in piece)
+                if holding:
+                    cells.setdefault(holding, []).append((lo, nxt - 1))
+            groups = [(Intervals(spans), [pieces[i][1] for i in key]) for key, spans in cells.items()]
+        split = self._split_many(st, fld, [part for part, _ in groups])
+        return [(branch, [] if k is None else groups[k][1]) for branch, k in split]
 
     def _interface(self, atom: tuple, st: Leaf) -> bool | None:
         """Decide ``-i``/``-o`` where the scenario or the route tells the interface; None if it cannot."""
@@ -820,6 +1157,31 @@ class _Walker:
         return False
 
 
+def _ipvs_matches(atom: tuple, vs: tuple[int, int, int] | None) -> bool:
+    """``-m ipvs``: --ipvs alone tests that IPVS handled the packet; any other option fails without it."""
+    _, name, value, negated, only_property = atom
+    if name == "ipvs":
+        return (vs is not None) != negated
+    if vs is None:
+        return False
+    proto, addr, port = vs
+    if name == "vproto":
+        hit = proto == value
+    elif name == "vaddr":
+        hit = addr in value
+    elif name == "vport":
+        hit = port == value
+    else:  # vdir: a connection's first packet goes the ORIGINAL way
+        hit = value == "ORIGINAL"
+    return hit != negated
+
+
+def _union_of(parts: Sequence[Intervals]) -> Intervals:
+    if len(parts) == 1:
+        return parts[0]
+    return Intervals(span for part in parts for span in part.spans)
+
+
 def _with(values: tuple, index: int, value) -> tuple:
     return values[:index] + (value,) + values[index + 1:]
 
@@ -846,6 +1208,7 @@ def _start(fields: Sequence, mark: int, iif: str | None, symbolic: bool) -> Leaf
     st.guard = None
     st.iif = iif
     st.hook = ("", "")
+    st.vs = None  # the IPVS virtual service (proto, addr, port) that rewrote the packet, if one did
     return st
 
 

@@ -1022,7 +1022,7 @@ def _pod_routes(ctx: _Context) -> tuple[list[_Problem], int]:
     if ctx.routes is None:
         return [], 0
     family = ctx.family
-    table = [r for r in ctx.routes.family(family)]
+    table = _RouteIndex(list(ctx.routes.family(family)))
     problems = []
     checked = 0
     for other in sorted(ctx.cluster.nodes, key=lambda n: n.name):
@@ -1048,10 +1048,47 @@ def _route_ok(route: routes_batch.Route, via) -> bool:
     return route.via == via
 
 
-def _check_cidr_routes(ctx: _Context, owner: Node, cidr: IPNetwork, table: list, via) -> list[_Problem]:
+class _RouteIndex:
+    """Routes of one family, found by prefix in O(log n) instead of a scan per podCIDR.
+
+    A scan would make KS201's route check quadratic in the nodes (5,000 nodes,
+    5,000 routes each: 25 million prefix tests)."""
+
+    def __init__(self, routes: list) -> None:
+        self.by_prefix: dict[tuple[int, int], list] = defaultdict(list)
+        for route in routes:
+            self.by_prefix[(int(route.prefix.network_address), route.prefix.prefixlen)].append(route)
+        self.lengths = sorted({r.prefix.prefixlen for r in routes})
+        self.starts = sorted(routes, key=lambda r: (int(r.prefix.network_address), r.prefix.prefixlen))
+        self.keys = [int(r.prefix.network_address) for r in self.starts]
+
+    def covering(self, cidr: IPNetwork) -> list:
+        """Routes whose prefix contains ``cidr`` (itself included)."""
+        found = []
+        bits = cidr.max_prefixlen
+        for length in self.lengths:
+            if length > cidr.prefixlen:
+                break
+            network = int(cidr.network_address) >> (bits - length) << (bits - length)
+            found += self.by_prefix.get((network, length), [])
+        return found
+
+    def inner(self, cidr: IPNetwork) -> list:
+        """Routes strictly inside ``cidr``."""
+        low, high = int(cidr.network_address), int(cidr.broadcast_address)
+        found = []
+        for route in self.starts[bisect_left(self.keys, low):]:
+            if int(route.prefix.network_address) > high:
+                break
+            if route.prefix != cidr and route.prefix.prefixlen > cidr.prefixlen:
+                found.append(route)
+        return found
+
+
+def _check_cidr_routes(ctx: _Context, owner: Node, cidr: IPNetwork, table: _RouteIndex, via) -> list[_Problem]:
     whole = Intervals.of_network(cidr)
-    inner = [r for r in table if r.prefix != cidr and r.prefix.subnet_of(cidr)]
-    covering = [r for r in table if cidr.subnet_of(r.prefix)]
+    inner = table.inner(cidr)
+    covering = table.covering(cidr)
     best = None
     if covering:
         longest = max(r.prefix.prefixlen for r in covering)

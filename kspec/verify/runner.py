@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from kspec.compile import compile_cluster
+from kspec.compile import node_files
 from kspec.diagnostics import InputError, Span, error
 from kspec.model import ResolvedCluster
 from kspec.verify import dns_invariants, spec_invariants  # noqa: F401  (registers the checkers)
@@ -111,7 +111,8 @@ def run_packet_checks(cluster: ResolvedCluster, ids: list[str], disabled: Iterab
 def _compiled_files(cluster: ResolvedCluster, node_names: list[str]) -> dict[str, str]:
     if not node_names:
         return {}
-    return {path: text for path, text in compile_cluster(cluster, node_names) if path.startswith("nodes/")}
+    wanted = set(node_names)
+    return dict(node_files(cluster, [n for n in cluster.nodes if n.name in wanted]))
 
 
 def _read_dump(path: Path) -> str:

@@ -8,6 +8,7 @@ their spans and gives a concrete witness address or port.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import defaultdict
 from typing import Iterable
 
@@ -153,6 +154,39 @@ def pod_ips_inside_node(cluster: ResolvedCluster) -> Verdict:
     return _verdict("KS105", findings, checked)
 
 
+class _RangeIndex:
+    """Which of many ranges holds an address, in O(log n) for the per-node podCIDRs.
+
+    The few cluster-wide ranges are tested directly; podCIDRs are sorted by
+    start with a running maximum of their ends, so the walk back from the
+    bisection point stops as soon as no earlier range can reach the address
+    (exact even when podCIDRs overlap).
+    """
+
+    def __init__(self, ranges: list[tuple[IPNetwork, str]]) -> None:
+        self.wide = [r for r in ranges if not r[1].startswith("podCIDR")]
+        self.sorted = sorted((r for r in ranges if r[1].startswith("podCIDR")),
+                             key=lambda r: (r[0].version, int(r[0].network_address)))
+        self.keys = [(n.version, int(n.network_address)) for n, _ in self.sorted]
+        self.reach: list[tuple[int, int]] = []
+        for net, _ in self.sorted:
+            end = (net.version, int(net.broadcast_address))
+            self.reach.append(max(end, self.reach[-1]) if self.reach and self.reach[-1][0] == net.version else end)
+
+    def containing(self, ip) -> tuple[IPNetwork, str] | None:
+        for net, what in self.wide:
+            if ip.version == net.version and ip in net:
+                return net, what
+        point = (ip.version, int(ip))
+        position = bisect_right(self.keys, point) - 1
+        while position >= 0 and self.reach[position] >= point and self.keys[position][0] == ip.version:
+            net, what = self.sorted[position]
+            if ip in net:
+                return net, what
+            position -= 1
+        return None
+
+
 @checker("KS106")
 def networks_disjoint(cluster: ResolvedCluster) -> Verdict:
     settings = cluster.settings
@@ -167,15 +201,16 @@ def networks_disjoint(cluster: ResolvedCluster) -> Verdict:
                     hint=_fix("KS106"), subject="cluster"))
     ranges = [(c, "pod network") for c in settings.pod_cidrs] + [(c, "service network") for c in settings.service_cidrs]
     ranges += [(c, f"podCIDR of {n.name}") for n in cluster.nodes for c in n.pod_cidrs]
+    index = _RangeIndex(ranges)
     for node in cluster.nodes:
         for ip in node.ips:
-            for net, what in ranges:
-                if ip.version == net.version and ip in net:
-                    findings.append(Finding(
-                        "KS106", f"node {node.name}'s address {ip} lies inside the {what} {net}",
-                        (located(node.origin, _node_label(node), "node.ip"),), witness=f"address {ip}",
-                        hint=_fix("KS106"), subject=f"node {node.name}"))
-                    break
+            hit = index.containing(ip)
+            if hit is not None:
+                net, what = hit
+                findings.append(Finding(
+                    "KS106", f"node {node.name}'s address {ip} lies inside the {what} {net}",
+                    (located(node.origin, _node_label(node), "node.ip"),), witness=f"address {ip}",
+                    hint=_fix("KS106"), subject=f"node {node.name}"))
     for node in cluster.nodes:
         for cidr in node.pod_cidrs:
             for svc_cidr in settings.service_cidrs:
