@@ -39,16 +39,16 @@ The JSON document (:func:`result_data`)::
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, replace
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from kspec.backends import routes as route_conventions
 from kspec.compile import node_files
-from kspec.dataplane import ipset_save, ipvs_save, iptables_save, routes_batch
+from kspec.dataplane import ipset_save, iptables_save, ipvs_save, routes_batch
 from kspec.diagnostics import register_source
 from kspec.model import Node, Pod, ResolvedCluster, Service, ServicePort
 from kspec.verify import chains
-from kspec.verify.chains import Hooks, Leaf, Packet, Program, Step, Trace
+from kspec.verify.chains import Hooks, Leaf, Packet, Program, Trace
 from kspec.verify.encode import Intervals
 from kspec.verify.packet_invariants import node_hooks
 
@@ -419,58 +419,54 @@ class _Tracer:
         rules = self.rules_of(node)
         if rules.compiled and node.name in self.given:
             self.notes.append(f"{', '.join(rules.compiled)}: compiled from the spec (no dump given for it)")
-        origin = source.kind
         packet = Packet(destination.protocol.lower(), source.ip, sport, destination.ip, destination.port)
-        walk = self.walk(rules, origin, packet, BRIDGE if origin == "pod" else None, endpoint, "source")
+        walk = self.walk(rules, source.kind, packet, BRIDGE if source.kind == "pod" else None, endpoint, "source")
         hops = [walk.hop]
-        balancing, endpoints = self._balancing(rules, walk, destination)
+        balancing, endpoints = self._balancing(walk, destination)
+        dnat = self._dnat(rules, walk.hop.trace, packet)
+        last, refusal = walk, ""
         first = walk.hop.trace
-        dnat = self._dnat(rules, first, packet)
-        snat = None
-        verdict = first.verdict
-        outcome = ""
-        leaving = first.final
-        last = walk
-        if verdict == "ACCEPT" and walk.hop.local and rules.ipvs is not None:
-            vs = rules.ipvs.lookup(packet.proto, first.final.dst, first.final.dport)
-            if vs is not None:
-                balancing, endpoints, chosen = self._ipvs(rules, vs, destination, endpoint)
-                if chosen is None:
-                    verdict = "REJECT"
-                    outcome = (f"REJECT (icmp-port-unreachable) by IPVS: virtual service {vs.address} "
-                               f"({rules.ipvs.name} line {vs.line}) has no real server with a weight above 0")
-                else:
-                    dnat = Nat("IPVS", _host_port(first.final.dst, first.final.dport), chosen.address,
-                               rules.ipvs.name, chosen.line, f"{ipvs_save.METHOD_NAME[chosen.method]}, scheduler "
-                               f"{vs.scheduler}")
-                    if chosen.method != "masq":
-                        self.notes.append(f"real server {chosen.address} uses {ipvs_save.METHOD_NAME[chosen.method]}"
-                                          "; kspec traces it as NAT")
-                    rewritten = Packet(packet.proto, first.final.src, sport, chosen.ip, chosen.port, first.mark)
-                    last = self.walk(rules, "node", rewritten, None, None, "after-ipvs")
-                    hops.append(last.hop)
-                    verdict = last.hop.trace.verdict
-                    leaving = last.hop.trace.final
+        vs = rules.ipvs.lookup(packet.proto, first.final.dst, first.final.dport) \
+            if rules.ipvs is not None and first.verdict == "ACCEPT" and walk.hop.local else None
+        if vs is not None:
+            balancing, endpoints, chosen = self._ipvs(rules, vs, destination, endpoint)
+            if chosen is None:
+                refusal = (f"REJECT (icmp-port-unreachable) by IPVS: virtual service {vs.address} "
+                           f"({rules.ipvs.name} line {vs.line}) has no real server with a weight above 0")
+            else:
+                dnat = Nat("IPVS", _host_port(first.final.dst, first.final.dport), chosen.address, rules.ipvs.name,
+                           chosen.line, f"{ipvs_save.METHOD_NAME[chosen.method]}, scheduler {vs.scheduler}")
+                if chosen.method != "masq":
+                    self.notes.append(f"real server {chosen.address} uses {ipvs_save.METHOD_NAME[chosen.method]}; "
+                                      "kspec traces it as NAT")
+                rewritten = Packet(packet.proto, first.final.src, sport, chosen.ip, chosen.port, first.mark)
+                last = self.walk(rules, "node", rewritten, None, None, "after-ipvs")
+                hops.append(last.hop)
         if endpoint is not None and not any(e.chosen and e.address == _normal_endpoint(endpoint) for e in endpoints):
             raise TraceError(f"--endpoint {endpoint}: this packet is not load-balanced to a choice of endpoints",
                              "drop --endpoint")
-        final_trace = last.hop.trace
-        if verdict in ("DROP", "REJECT") and not outcome:
-            outcome = self._refusal(rules, last.program, final_trace)
-        routes: list[RouteHop] = []
-        reply = None
-        delivered = False
-        if verdict == "ACCEPT":
-            snat = self._snat(rules, final_trace, leaving, last.hop.node)
+        final = last.hop.trace
+        verdict = "REJECT" if refusal else final.verdict
+        snat, routes, reply, delivered = None, [], None, False
+        if verdict != "ACCEPT":
+            outcome = refusal or self._refusal(rules, last.program, final)
+        else:
+            leaving = final.final
+            snat = self._snat(rules, final, leaving)
             if snat is not None:
                 leaving = replace(leaving, src=snat.after)
             delivered, verdict, outcome, more_hops, routes = self._deliver(rules, last.hop, leaving)
             hops += more_hops
             if delivered:
                 reply = self._reply(packet, leaving, dnat, snat, node, routes)
-        return TraceResult(source, destination, node.name, self.mode, packet, rules.files, tuple(hops), balancing,
-                           tuple(endpoints), dnat, snat, tuple(routes), verdict, delivered, outcome, reply,
-                           tuple(dict.fromkeys(self.notes + walk.notes + (last.notes if last is not walk else []))))
+        unused = sorted(set(self.given) - {h.node for h in hops})
+        if unused:
+            self.notes.append(f"--rules for {', '.join(unused)} not used: the packet does not pass "
+                              f"{'that node' if len(unused) == 1 else 'those nodes'}")
+        mode = "ipvs" if rules.ipvs is not None else "iptables"
+        notes = tuple(dict.fromkeys(walk.notes + (last.notes if last is not walk else []) + self.notes))
+        return TraceResult(source, destination, node.name, mode, packet, rules.files, tuple(hops), balancing,
+                           tuple(endpoints), dnat, snat, tuple(routes), verdict, delivered, outcome, reply, notes)
 
     # -- one node's hooks
 
@@ -558,7 +554,7 @@ class _Tracer:
 
     # -- balancing
 
-    def _balancing(self, rules: NodeRules, walk: _Walk, destination: Destination
+    def _balancing(self, walk: _Walk, destination: Destination
                    ) -> tuple[Balancing | None, list[Endpoint]]:
         outcomes = [leaf for leaf in walk.outcomes if leaf.verdict == "ACCEPT" and leaf.dnat is not None]
         if not outcomes:
@@ -615,7 +611,7 @@ class _Tracer:
             return None
         return Nat("DNAT", _host_port(packet.dst, packet.dport), result.dnat, rules.rules_name, step.line)
 
-    def _snat(self, rules: NodeRules, result: Trace, leaving: Packet, node_name: str) -> Nat | None:
+    def _snat(self, rules: NodeRules, result: Trace, leaving: Packet) -> Nat | None:
         step = next((s for s in result.steps if s.action.startswith(("MASQUERADE", "SNAT"))), None)
         if step is None or result.snat is None:
             return None

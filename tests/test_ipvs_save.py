@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_ipset_save import EXAMPLES, ipvs_texts
 
 from kspec.dataplane import ipvs_save as ipvs
 from kspec.diagnostics import InputError
-from test_ipset_save import EXAMPLES, ipvs_texts
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = sorted((ROOT / "tests" / "golden" / "ipvs").glob("*/ipvs.rules"))
@@ -89,13 +89,13 @@ def test_real_server_without_port_takes_the_service_port():
     ("-A -t 10.0.0.1:99999 -s rr\n", 1, 7, "not a number from 0 to 65535"),
     ("-A -t 10.0.0.1:80 -s rr\n-A -t 10.0.0.1:80 -s rr\n", 2, 4, "already exists"),
     ("-a -t 10.0.0.1:80 -r 10.244.0.1:80 -m\n", 1, 4, "not defined before"),
-    ("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.244.0.1:80 -m -w heavy\n", 2, 40, "weight"),
+    ("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.244.0.1:80 -m -w heavy\n", 2, 42, "weight"),
     ("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -m -w 1\n", 2, 25, "missing the real server"),
     ("-A -t 10.0.0.1:80 -s rr --colour red\n", 1, 25, "unknown virtual service option"),
     ("-A -t 10.0.0.1:0 -s rr\n", 1, 4, "port 0"),
     ("-A -t myhost:80 -s rr\n", 1, 7, "not an IP address"),
     ("-A -t 10.0.0.1:80 -s rr\n-a -t 10.0.0.1:80 -r 10.1.1.1:80 -m\n-a -t 10.0.0.1:80 -r 10.1.1.1:80 -m\n",
-     3, 25, "already added"),
+     3, 22, "already added"),
 ])
 def test_malformed_lines_are_located(text, line, col, words):
     with pytest.raises(InputError) as info:

@@ -16,13 +16,19 @@ from kspec.reports.junit import render_junit
 from kspec.reports.sarif import render_sarif
 from kspec.reports.text import render_text
 from kspec.verify.catalogue import CATALOGUE
-from kspec.verify.runner import build_report, run_packet_checks, run_spec_checks, selected
+from kspec.verify.runner import DUMP_KINDS, build_report, run_packet_checks, run_spec_checks, selected
 
 EPILOG = """examples:
   kspec verify examples/explainer/cluster.kspec
   kspec verify k8s/ --format sarif --output kspec.sarif
   kspec verify cluster.kspec --rules node-1=node-1.iptables-save
+  kspec verify cluster.kspec --rules node-1=iptables.save --rules node-1:ipvs=ipvsadm.save \
+      --rules node-1:ipset=ipset.save          (an IPVS-mode node: iptables-save, ipvsadm-save -n, ipset save)
   kspec verify --list
+
+--rules NODE[:KIND]=PATH: KIND is iptables (the default), ip6tables, ipvs, ipset or routes
+  (ip -batch, like the routes.batch kspec compile writes); kinds not given are compiled from the spec
+  for an IPVS-mode node (ipvs, ipset), and a node's routes are unknown unless given.
 
 exit codes: 0 every invariant holds, 1 violated (counterexamples printed),
             2 input or command-line error, 3 undecided (solver timeout)
@@ -47,14 +53,35 @@ def _ids(values: list[str] | None, option: str) -> tuple[list[str], str | None]:
     return ids, None
 
 
-def _rules(values: list[str] | None) -> tuple[dict[str, Path], str | None]:
-    found: dict[str, Path] = {}
+def _rules(values: list[str] | None) -> tuple[dict[str, dict[str, Path]], str | None]:
+    """``--rules NODE[:KIND]=PATH`` -> {node: {kind: path}}; KIND defaults to iptables."""
+    found: dict[str, dict[str, Path]] = {}
     for value in values or []:
-        node, sep, path = value.partition("=")
+        target, sep, path = value.partition("=")
+        node, colon, kind = target.partition(":")
+        kind = kind if colon else "iptables"
         if not sep or not node or not path:
-            return {}, f"kspec verify: error: --rules takes NODE=PATH, not {value!r}\n  hint: --rules node-1=node-1.rules"
-        found[node] = Path(path)
+            return {}, (f"kspec verify: error: --rules takes NODE[:KIND]=PATH, not {value!r}\n"
+                        "  hint: --rules node-1=node-1.rules, or --rules node-1:ipvs=ipvsadm.save")
+        if kind not in DUMP_KINDS:
+            return {}, (f"kspec verify: error: --rules {value!r}: unknown dump kind {kind!r}\n"
+                        f"  hint: the kinds are {', '.join(DUMP_KINDS)}")
+        if kind in found.get(node, {}):
+            return {}, (f"kspec verify: error: --rules gives the {kind} dump of {node} twice\n"
+                        f"  hint: give one {node}:{kind}=PATH")
+        found.setdefault(node, {})[kind] = Path(path)
     return found, None
+
+
+def _mode_problem(cluster_mode: str, rules: dict[str, dict[str, Path]]) -> str | None:
+    """IPVS dumps only make sense for an IPVS-mode cluster."""
+    for node, kinds in sorted(rules.items()):
+        ipvs_kinds = sorted({"ipvs", "ipset"} & set(kinds))
+        if ipvs_kinds and cluster_mode != "ipvs":
+            return (f"kspec verify: error: --rules {node}:{ipvs_kinds[0]}=... gives an IPVS dump, but the cluster's "
+                    f"kube-proxy mode is {cluster_mode}\n  hint: set proxy.mode: ipvs (or --proxy-mode ipvs), or "
+                    "drop the IPVS dumps")
+    return None
 
 
 def run(args: argparse.Namespace, flags: Flags | None, stdin: IO, stdout: IO, stderr: IO) -> int:
@@ -84,6 +111,10 @@ def run(args: argparse.Namespace, flags: Flags | None, stdin: IO, stdout: IO, st
     if unknown:
         print(f"kspec verify: error: unknown node {', '.join(unknown)}\n  hint: the nodes are "
               + ", ".join(sorted(known)[:10]), file=stderr)
+        return 2
+    problem5 = _mode_problem(cluster.settings.proxy.mode, rules)
+    if problem5:
+        print(problem5, file=stderr)
         return 2
     ids = selected(only, skip)
     verdicts = run_spec_checks(cluster, ids, disabled)

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from kspec.diagnostics import InputError, Span, error
 
@@ -41,10 +41,9 @@ TYPES: dict[str, tuple[str, ...]] = {
     "hash:ip,mark": ("ip", "mark"), "hash:net,port,net": ("net", "port", "net"),
     "hash:net,iface": ("net", "iface"), "list:set": ("set",),
 }
-CREATE_VALUES = frozenset("family hashsize maxelem bucketsize initval netmask markmask timeout range size "
-                          "revision".split())
-CREATE_FLAGS = frozenset("counters comment skbinfo forceadd".split())
-ENTRY_VALUES = frozenset("timeout packets bytes comment skbmark skbprio skbqueue".split())
+CREATE_VALUES = frozenset(["family", "hashsize", "maxelem", "bucketsize", "initval", "netmask", "markmask", "timeout", "range", "size", "revision"])
+CREATE_FLAGS = frozenset(["counters", "comment", "skbinfo", "forceadd"])
+ENTRY_VALUES = frozenset(["timeout", "packets", "bytes", "comment", "skbmark", "skbprio", "skbqueue"])
 ENTRY_FLAGS = frozenset({"nomatch"})
 PORT_PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136}
 PROTOCOL_NAMES = {v: k for k, v in PORT_PROTOCOLS.items()}
@@ -294,7 +293,7 @@ def parse(text: str, name: str = "<ipset>") -> IpSets:
         elif len(words) < 3:
             raise line.at(1, f"{words[0]} needs an entry", f"write: {words[0]} {set_name} ENTRY")
         else:
-            keys = _entry_keys(_shape(builder), words[2], lambda m, h: line.at(2, m, h))
+            keys = _entry_keys(_shape(builder), words[2], lambda m, h, here=line: here.at(2, m, h))
             nomatch, options = _entry_options(line, builder, words)
             for key, entry_text in keys:
                 if verb == "add":

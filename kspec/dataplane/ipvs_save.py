@@ -30,8 +30,8 @@ from dataclasses import dataclass, field, replace
 
 from kspec.diagnostics import InputError, Span, error
 
-SCHEDULERS = frozenset("rr wrr lc wlc lblc lblcr dh sh sed nq fo ovf mh twos".split())
-SCHED_FLAGS = frozenset("flag-1 flag-2 flag-3 sh-fallback sh-port mh-fallback mh-port".split())
+SCHEDULERS = frozenset(["rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "fo", "ovf", "mh", "twos"])
+SCHED_FLAGS = frozenset(["flag-1", "flag-2", "flag-3", "sh-fallback", "sh-port", "mh-fallback", "mh-port"])
 SERVICE_OPTIONS = {"-t": "tcp", "--tcp-service": "tcp", "-u": "udp", "--udp-service": "udp",
                    "--sctp-service": "sctp", "-f": "fwmark", "--fwmark-service": "fwmark"}
 SERVICE_FLAG = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service", "fwmark": "-f"}

@@ -477,9 +477,7 @@ class Program:
                 if atom is not None:
                     yield atom
             elif module == "ipvs" and self.ipvs is not None and name in _IPVS_OPTIONS:
-                only_property = all(o.name == "ipvs" for o in match.options)
-                value = _ipvs_value(name, opt.values[0] if opt.values else "")
-                yield (IPVSM, name, value, neg, only_property)
+                yield (IPVSM, name, _ipvs_value(name, opt.values[0] if opt.values else ""), neg)
             elif module == "physdev" and self.physdev and name == "physdev-is-in":
                 yield (PHYS, neg)
             elif module == "multiport" and name in ("sports", "dports"):
@@ -1159,7 +1157,7 @@ class _Walker:
 
 def _ipvs_matches(atom: tuple, vs: tuple[int, int, int] | None) -> bool:
     """``-m ipvs``: --ipvs alone tests that IPVS handled the packet; any other option fails without it."""
-    _, name, value, negated, only_property = atom
+    _, name, value, negated = atom
     if name == "ipvs":
         return (vs is not None) != negated
     if vs is None:

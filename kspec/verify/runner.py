@@ -18,6 +18,7 @@ from kspec.model import ResolvedCluster
 from kspec.verify import dns_invariants, spec_invariants  # noqa: F401  (registers the checkers)
 from kspec.verify.catalogue import CATALOGUE, CHECKERS
 from kspec.verify.explain import ExplainContext
+from kspec.verify.ipvs_invariants import check_node_ipvs
 from kspec.verify.packet_invariants import check_node
 from kspec.verify.result import PROVED, UNKNOWN, VIOLATED, Report, Verdict
 
@@ -68,44 +69,78 @@ def merge_verdicts(invariant: str, verdicts: list[Verdict]) -> Verdict:
                    "; ".join(dict.fromkeys(reasons)), sum(v.seconds for v in verdicts))
 
 
+DUMP_KINDS = ("iptables", "ip6tables", "ipvs", "ipset", "routes")
+_COMPILED = {"iptables": "iptables.rules", "ip6tables": "ip6tables.rules", "ipvs": "ipvs.rules",
+             "ipset": "ipset.rules", "routes": "routes.batch"}
+_SAVE_HINTS = {"iptables": "iptables-save > FILE", "ip6tables": "ip6tables-save > FILE",
+               "ipvs": "ipvsadm-save -n > FILE", "ipset": "ipset save > FILE",
+               "routes": "ip -batch input, like the routes.batch kspec compile writes"}
+
+
 def run_packet_checks(cluster: ResolvedCluster, ids: list[str], disabled: Iterable[str] = (),
-                      nodes: Sequence[str] = (), rules: Mapping[str, Path] | None = None,
+                      nodes: Sequence[str] = (), rules: Mapping[str, Path | Mapping[str, Path]] | None = None,
                       timeout: float = 60.0) -> tuple[list[Verdict], tuple[str, ...], list[str]]:
     """KS2xx over the rule sets of the selected nodes (default: every node).
 
-    A node's rules are its ``--rules`` dump (routes unknown then: KS201 checks
-    the rules only) or what ``kspec compile`` writes for it, with its routes.
+    A node's rules are its ``--rules`` dumps or what ``kspec compile`` writes
+    for it, with its routes. ``rules`` maps a node to a dump path (its
+    iptables-save output) or to dumps by kind (:data:`DUMP_KINDS`). With a
+    dump the node's routes are unknown (KS201 checks the rules only) unless a
+    ``routes`` dump is given; in IPVS mode an IPVS table or ipset dump not
+    given is compiled from the spec, and a note says so.
     Raises InputError for an unreadable or malformed dump.
     """
     wanted = [i for i in ids if CATALOGUE[i].scope == "packets"]
     if not wanted:
         return [], (), []
-    rules = dict(rules or {})
-    chosen = list(dict.fromkeys(list(nodes) + sorted(rules))) or [n.name for n in cluster.nodes]
+    given = {node: ({"iptables": value} if isinstance(value, Path) else dict(value))
+             for node, value in (rules or {}).items()}
+    chosen = list(dict.fromkeys(list(nodes) + sorted(given))) or [n.name for n in cluster.nodes]
+    ipvs_mode = cluster.settings.proxy.mode == "ipvs"
     notes: list[str] = []
-    if cluster.settings.proxy.mode == "ipvs":
-        return ([Verdict(i, UNKNOWN, (), 0, (), reason="packet-level proofs of IPVS-mode rule sets are not "
-                         "implemented yet (KS1xx still apply)") for i in wanted], tuple(chosen),
-                ["ipvs mode: KS2xx are undecided; compile with --proxy-mode iptables to prove the iptables rules"])
     per_invariant: dict[str, list[Verdict]] = {i: [] for i in wanted}
-    compiled = _compiled_files(cluster, [n for n in chosen if n not in rules])
+    needed = {"ipvs", "ipset"} if ipvs_mode else set()
+    compiled = _compiled_files(cluster, [n for n in chosen if n not in given or not needed <= set(given[n])
+                                         or not {"iptables", "ip6tables"} & set(given[n])])
     for name in chosen:
         node = cluster.nodes_by_name[name]
-        if name in rules:
-            path = rules[name]
-            text = _read_dump(path)
-            sets = [(text, str(path), None, None, None)]
+        texts = {kind: (str(path), _read_dump(path, kind)) for kind, path in sorted(given.get(name, {}).items())}
+        if name in given:
+            sets = [(texts[kind], family) for kind, family in (("iptables", None), ("ip6tables", 6)) if kind in texts]
+            if not sets:
+                sets = _compiled_sets(compiled, name)
+                notes.append(f"node {name}: its iptables rules are compiled from the spec (no iptables dump given)")
+            routes = texts.get("routes", (None, None))
         else:
-            routes = compiled.get(f"nodes/{name}/routes.batch")
-            sets = [(compiled[f"nodes/{name}/{prefix}tables.rules"], f"nodes/{name}/{prefix}tables.rules", routes,
-                     f"nodes/{name}/routes.batch" if routes is not None else None, family)
-                    for family, prefix in ((4, "ip"), (6, "ip6")) if f"nodes/{name}/{prefix}tables.rules" in compiled]
-        for text, text_name, routes, routes_name, family in sets:
-            for verdict in check_node(cluster, node, text, text_name, routes, routes_name, wanted, timeout, family):
+            sets = _compiled_sets(compiled, name)
+            path = f"nodes/{name}/routes.batch"
+            routes = (path, compiled[path]) if path in compiled else (None, None)
+        if ipvs_mode:
+            missing = [kind for kind in ("ipvs", "ipset") if kind not in texts]
+            for kind in missing:
+                path = f"nodes/{name}/{_COMPILED[kind]}"
+                texts[kind] = (path, compiled[path])
+            if name in given and missing:
+                notes.append(f"node {name}: {' and '.join(_COMPILED[k] for k in missing)} compiled from the spec "
+                             f"(give --rules {name}:{missing[0]}=PATH to check a dump)")
+        for (text_name, text), family in sets:
+            if ipvs_mode:
+                (ipvs_name, ipvs_text), (ipset_name, ipset_text) = texts["ipvs"], texts["ipset"]
+                verdicts = check_node_ipvs(cluster, node, text, text_name, ipvs_text, ipvs_name, ipset_text,
+                                           ipset_name, routes[1], routes[0], wanted, timeout, family)
+            else:
+                verdicts = check_node(cluster, node, text, text_name, routes[1], routes[0], wanted, timeout, family)
+            for verdict in verdicts:
                 per_invariant[verdict.invariant].append(verdict)
     disabled_set = set(disabled)
     merged = [apply_disable(merge_verdicts(i, per_invariant[i]), disabled_set) for i in wanted]
     return merged, tuple(chosen), notes
+
+
+def _compiled_sets(compiled: dict[str, str], name: str) -> list[tuple[tuple[str, str], int]]:
+    """The node's compiled iptables texts, one per family: ((file name, text), family)."""
+    return [((f"nodes/{name}/{prefix}tables.rules", compiled[f"nodes/{name}/{prefix}tables.rules"]), family)
+            for family, prefix in ((4, "ip"), (6, "ip6")) if f"nodes/{name}/{prefix}tables.rules" in compiled]
 
 
 def _compiled_files(cluster: ResolvedCluster, node_names: list[str]) -> dict[str, str]:
@@ -115,12 +150,13 @@ def _compiled_files(cluster: ResolvedCluster, node_names: list[str]) -> dict[str
     return dict(node_files(cluster, [n for n in cluster.nodes if n.name in wanted]))
 
 
-def _read_dump(path: Path) -> str:
+def _read_dump(path: Path, kind: str = "iptables") -> str:
+    flag = "NODE=PATH" if kind == "iptables" else f"NODE:{kind}=PATH"
     try:
         return path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise InputError(error(f"cannot read the rule dump {path}: {exc.strerror or exc}", Span(str(path), 1, 1, 1, 1),
-                               "give --rules NODE=PATH with a readable iptables-save file")) from None
+                               f"give --rules {flag} with a readable file ({_SAVE_HINTS[kind]})")) from None
     except UnicodeDecodeError as exc:
         raise InputError(error(f"the rule dump {path} is not UTF-8 text", Span(str(path), 1, 1, 1, 1),
-                               "save it with `iptables-save > FILE`")) from exc
+                               f"give the text as UTF-8 ({_SAVE_HINTS[kind]})")) from exc
