@@ -334,3 +334,19 @@ def test_schema_command_prints_the_schema():
     schema = json.loads(out)
     assert code == 0 and schema["title"].startswith("kspec")
     assert {"cluster", "nodes", "workloads", "pods", "services"} <= set(schema["properties"])
+
+
+def test_dump_from_other_ranges_warns_with_the_flag_to_pass(tmp_path):
+    path = write(tmp_path, "k3s.yaml", """\
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: a}
+        spec: {nodeName: w1, containers: [{name: c, image: x}]}
+        status: {podIP: 10.42.0.5}
+        """)
+    code, _, err = run("check", path)
+    assert code == 0
+    assert "warning: 1 pod IPs lie outside the default range 10.244.0.0/16" in err
+    assert "--cluster-cidr 10.42.0.5/32" in err
+    code, _, err = run("check", path, "--cluster-cidr", "10.42.0.0/16")
+    assert code == 0 and "warning" not in err

@@ -55,6 +55,40 @@ def test_unknown_node_and_missing_dump_are_input_errors(tmp_path):
     assert code == 2 and "cannot read the rule dump" in err
 
 
-def test_ipvs_mode_packet_invariants_are_undecided_not_proved():
-    code, out, _ = run("verify", str(ROOT / "examples" / "multi-namespace" / "cluster.kspec"), "--only", "KS202")
-    assert code == 3 and "KS202 UNKNOWN" in out
+MULTI = str(ROOT / "examples" / "multi-namespace" / "cluster.kspec")
+
+
+def test_ipvs_mode_packet_invariants_are_proved():
+    code, out, _ = run("verify", MULTI)
+    assert code == 0, out
+    assert "on 3 node(s)" in out
+    for invariant in ("KS201", "KS202", "KS203", "KS204", "KS205"):
+        assert f"{invariant} PROVED" in out
+
+
+def test_ipvs_dumps_are_given_by_kind_and_a_fault_is_named_by_file_and_line(tmp_path):
+    out_dir = tmp_path / "out"
+    assert run("compile", MULTI, "-o", str(out_dir), "-q")[0] == 0
+    node = out_dir / "nodes" / "worker-a"
+    lines = (node / "ipvs.rules").read_text().splitlines(keepends=True)
+    victim = next(i for i, line in enumerate(lines) if line.startswith("-A -t 10.") and " -p " in line)
+    lines[victim] = lines[victim].split(" -p ")[0] + "\n"  # sessionAffinity ClientIP without persistence
+    dump = tmp_path / "ipvsadm.save"
+    dump.write_text("".join(lines))
+    code, out, err = run("verify", MULTI, "--rules", f"worker-a={node / 'iptables.rules'}", "--rules",
+                         f"worker-a:ipvs={dump}", "--rules", f"worker-a:ipset={node / 'ipset.rules'}",
+                         "--only", "KS202,KS205")
+    assert code == 1, out + err
+    assert "KS205 VIOLATED" in out and "KS202 PROVED" in out and "on 1 node(s)" in out
+    assert f"{dump}:{victim + 1}" in out and "not persistent" in out
+
+
+def test_ipvs_dump_kinds_are_checked_on_the_command_line(tmp_path):
+    dump = tmp_path / "ipvsadm.save"
+    dump.write_text("-A -t 10.96.0.10:53 -s rr\n")
+    assert run("verify", MULTI, "--rules", f"worker-a:nft={dump}")[0] == 2
+    assert run("verify", MULTI, "--rules", f"worker-a:ipvs={dump}", "--rules", f"worker-a:ipvs={dump}")[0] == 2
+    code, _, err = run("verify", EXPLAINER, "--rules", f"node-1:ipvs={dump}")
+    assert code == 2 and "proxy mode is iptables" not in err and "mode is iptables" in err
+    code, _, err = run("verify", MULTI, "--rules", f"worker-a:ipset={tmp_path / 'missing'}", "--only", "KS205")
+    assert code == 2 and "cannot read the rule dump" in err and "ipset save" in err

@@ -230,6 +230,34 @@ def _nodes_from_pods(pods: list[Pod], settings: ClusterSettings) -> list[Node]:
     return nodes
 
 
+def covering_network(addresses: list) -> Any:
+    """The smallest network holding every address (all of one family)."""
+    low, high = min(int(a) for a in addresses), max(int(a) for a in addresses)
+    bits = addresses[0].max_prefixlen
+    length = bits - (low ^ high).bit_length()
+    return ipaddress.ip_network((low >> (bits - length) << (bits - length), length)) if addresses[0].version == 4 \
+        else ipaddress.IPv6Network((low >> (bits - length) << (bits - length), length))
+
+
+def _warn_outside_defaults(settings: ClusterSettings, pods: list[Pod], services: list, flags: Flags,
+                           sink: DiagnosticSink) -> None:
+    """A dump from a cluster with other ranges than kubeadm's: say which flag to pass, once."""
+    checks = (("pod_cidrs", settings.pod_cidrs, [(ip, p) for p in pods if not p.host_network for ip in p.ips],
+               "pod IPs", "--cluster-cidr"),
+              ("service_cidrs", settings.service_cidrs, [(ip, s) for s in services for ip in s.cluster_ips],
+               "cluster IPs", "--service-cluster-ip-range"))
+    for name, cidrs, used, what, flag in checks:
+        if name not in settings.defaulted:
+            continue
+        outside = [(ip, obj) for ip, obj in used if not any(ip.version == c.version and ip in c for c in cidrs)]
+        if outside:
+            family = [ip for ip, _ in outside if ip.version == outside[0][0].version]
+            sink.warning(f"{len(outside)} {what} lie outside the default range {', '.join(map(str, cidrs))}, "
+                         f"e.g. {outside[0][0]}", outside[0][1].origin.span,
+                         f"the input does not say the cluster's range: pass {flag} {covering_network(family)} "
+                         "(or the cluster's real setting)")
+
+
 def assemble(parts: Parts, flags: Flags, sink: DiagnosticSink) -> Cluster:
     """Merge everything the inputs and flags say into one Cluster (nothing allocated yet)."""
     settings = build_settings(parts, flags, sink)
@@ -261,6 +289,7 @@ def assemble(parts: Parts, flags: Flags, sink: DiagnosticSink) -> Cluster:
             sink.error("--nodes must be at least 1", flags.span("nodes"), "use --nodes 3")
         nodes = _default_nodes(max(flags.nodes, 1), settings)
         default_nodes = True
+    _warn_outside_defaults(settings, pods, services, flags, sink)
     return Cluster(settings=settings, nodes=tuple(sorted(nodes, key=lambda n: n.name)),
                    pods=tuple(pods), workloads=tuple(workloads), services=tuple(services),
                    manual_endpoints=tuple(parts.manual_endpoints), default_nodes=default_nodes,
