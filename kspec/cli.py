@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, Sequence
 
 from kspec import __version__
-from kspec.commands import check, compile_cmd, lab_cmd, schema_cmd, verify_cmd
+from kspec.commands import check, compile_cmd, lab_cmd, schema_cmd, trace_cmd, verify_cmd
 from kspec.frontend.assemble import Flags
 
 EXIT_OK, EXIT_VIOLATED, EXIT_INPUT, EXIT_UNKNOWN = 0, 1, 2, 3
@@ -26,6 +26,9 @@ EPILOG = """examples:
   kspec check k8s/ --nodes 5 --service-cluster-ip-range 10.0.0.0/16
   kubectl get nodes,pods,svc -A -o json | kspec check -
   kspec compile examples/explainer/cluster.kspec -o out/
+  kspec verify examples/broken/cluster.kspec --format sarif --output kspec.sarif
+  kspec trace examples/explainer/cluster.kspec --from pod/default/frontend --to svc/default/search:80
+  sudo kspec lab probe examples/lab/cluster.kspec
   kspec schema > kspec.schema.json
 
 exit codes: 0 ok, 1 invariant violated, 2 input or command-line error, 3 undecided
@@ -131,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify_parser.add_argument("--disable", action="append", metavar="IDS",
                                help="run but silence these invariants (findings counted as suppressed)")
     verify_parser.set_defaults(run=verify_cmd.run)
+    trace_cmd.add_parser(commands)
     lab_cmd.add_parser(commands)
     schema_parser = commands.add_parser("schema", help="print the JSON Schema of the kspec language",
                                         description="Print the JSON Schema of the kspec language (for editors).")

@@ -8,32 +8,17 @@ exactly as ``kspec verify`` replays its witnesses, so trace and verify never
 disagree.  The rules are the text ``kspec compile`` writes for the node (its
 line numbers are the file's) or a dump given per node.
 
-IPVS mode adds what iptables does not hold:
+In IPVS mode the node's Program is built as ``kspec verify`` builds it: the
+``-m set`` matches are decided by the node's ipsets (the verifier's resolver
+over :mod:`kspec.dataplane.ipset_save`), the addresses on kube-ipvs0 are the
+node's own, and the walk consults the IPVS table
+(:mod:`kspec.dataplane.ipvs_save`) where the kernel does, forking once per
+real server of weight > 0; the trace shows the virtual service, its scheduler
+and every real server with its weight, and follows the first (or
+``--endpoint``) through filter OUTPUT and nat POSTROUTING.  A set the dump
+lacks stays undecided: it is assumed not to match, and a note says so.
 
-* ``-m set`` matches are opaque to the engine; here each one is decided from
-  the node's ipsets (:mod:`kspec.dataplane.ipset_save`) for the packet as it
-  enters the walk, and only the engine's leaves that agree are kept;
-  a set kspec cannot evaluate is assumed not to match (and said so);
-* the service addresses are the node's own (kube-ipvs0), so the packet is
-  delivered locally, where IPVS (:mod:`kspec.dataplane.ipvs_save`) picks a
-  real server with its scheduler; the rewritten packet then leaves through
-  the node's output hooks (filter OUTPUT, nat POSTROUTING, where the
-  masquerade decision is taken; nat OUTPUT is not run again for it).
-
-The JSON document (:func:`result_data`)::
-
-    {"source": {kind, name, ip, port, node},
-     "destination": {kind, name, ip, port, protocol},
-     "node": entry node, "mode": "iptables"|"ipvs", "packet": "TCP a:p -> b:q",
-     "files": {iptables, ipvs, ipset, routes: names the lines refer to},
-     "steps": [{node, file, phase, table, hook, chain, line, rule, action}],
-     "verdict": "ACCEPT"|"DROP"|"REJECT"|"UNREACHABLE", "delivered": bool, "result": text,
-     "nat": {"dnat": {from, to, by, file, line} | null, "snat": {action, to, file, line} | null},
-     "balancing": {method: "statistic"|"ipvs", service, scheduler, virtualServer, file, line, affinity} | null,
-     "endpoints": [{ip, port, pod, node, probability | weight, chosen}],
-     "route": [{node, destination, route, file, line, next}],
-     "reply": {sent, received, node, text} | null,
-     "notes": [text], "exitCode": 0 | 1}
+The result is rendered by :mod:`kspec.commands.trace_cmd` (text, and the JSON document it documents).
 """
 
 from __future__ import annotations
@@ -42,20 +27,21 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from kspec.backends import ipvs as ipvs_names
 from kspec.backends import routes as route_conventions
 from kspec.compile import node_files
 from kspec.dataplane import ipset_save, iptables_save, ipvs_save, routes_batch
 from kspec.diagnostics import register_source
 from kspec.model import Node, Pod, ResolvedCluster, Service, ServicePort
-from kspec.verify import chains
+from kspec.verify import chains, ipvs_invariants
 from kspec.verify.chains import Hooks, Leaf, Packet, Program, Trace
-from kspec.verify.encode import Intervals
+from kspec.verify.encode import DST, Intervals
 from kspec.verify.packet_invariants import node_hooks
 
 SPORT = 40000
 BRIDGE = route_conventions.BRIDGE
 KINDS = ("iptables", "ip6tables", "ipvs", "ipset", "routes")
-_CHOICE_PREFIXES = ("--probability", "--every", "-m recent")
+CHOICE_PREFIXES = ("--probability", "--every", "-m recent", "ipvs real server")
 
 
 class TraceError(Exception):
@@ -105,7 +91,7 @@ def parse_destination(text: str, cluster: ResolvedCluster, family: int | None = 
     host, port, proto = _address_port(text)
     if family is not None and ipaddress.ip_address(host).version != family:
         raise TraceError(f"{host} is not an IPv{family} address", "drop --family or give an address of that family")
-    return Destination("address", f"{_host_port(host, port)}/{proto}", host, port, proto,
+    return Destination("address", f"{host_port(host, port)}/{proto}", host, port, proto,
                        about=_what_address(cluster, host, port, proto))
 
 
@@ -125,7 +111,8 @@ def parse_source(text: str, cluster: ResolvedCluster, family: int) -> Source:
         ip = _ip_of(pod.ips, family, f"pod {pod.namespace}/{pod.name}")
         node = _node(cluster, pod.node)
         cidr = next((c for c in node.pod_cidrs if ipaddress.ip_address(ip) in c), None)
-        gateway = f"default via {route_conventions.gateway(cidr)} dev eth0" if cidr else "no podCIDR of its node holds it"
+        gateway = (f"default via {route_conventions.gateway(cidr)} dev eth0" if cidr
+                   else "no podCIDR of its node holds it")
         return Source("pod", f"{pod.namespace}/{pod.name}", ip, node.name,
                       f"pod {pod.namespace}/{pod.name} ({ip}) on {node.name}: {gateway}; enters {node.name} from "
                       f"its bridge {BRIDGE}")
@@ -259,14 +246,14 @@ def node_rules(cluster: ResolvedCluster, node: Node, family: int,
 
 @dataclass(frozen=True)
 class Hop:
-    """One walk through one node's hooks."""
+    """One walk through one node's hooks (and its IPVS table)."""
 
     node: str
     file: str
-    phase: str  # source | after-ipvs | destination
+    phase: str  # source | destination
     origin: str
-    hooks: tuple[tuple[str, str], ...]  # the hooks traversed, in order
-    local: bool  # routed to the node itself (INPUT) rather than forwarded / sent out
+    path: tuple[tuple[str, str], ...]  # hooks in the order met; ("route", text) is a routing decision
+    local: bool  # the packet, as the walk leaves it, is for the node itself
     trace: Trace
 
 
@@ -282,7 +269,7 @@ class Endpoint:
 
     @property
     def address(self) -> str:
-        return _host_port(self.ip, self.port)
+        return host_port(self.ip, self.port)
 
 
 @dataclass(frozen=True)
@@ -392,10 +379,8 @@ class _Tracer:
         self.cluster = cluster
         self.given = given
         self.family = family
-        self.mode = cluster.settings.proxy.mode
         self._rules: dict[str, NodeRules] = {}
-        self._sets: dict[int, list[tuple[int, str, str, tuple[str, ...], bool]]] = {}
-        self._without: dict[str, iptables_save.RuleSet] = {}
+        self._programs: dict[str, Program] = {}
         self.by_ip: dict[str, tuple[str | None, str | None]] = {}  # address -> (pod NS/NAME, node)
         for n in cluster.nodes:
             for ip in n.ips:
@@ -412,6 +397,13 @@ class _Tracer:
             found = self._rules[node.name] = node_rules(self.cluster, node, self.family, self.given.get(node.name))
         return found
 
+    def program_of(self, rules: NodeRules) -> Program:
+        """The node's rules compiled for the walk exactly as ``kspec verify`` compiles them."""
+        found = self._programs.get(rules.node.name)
+        if found is None:
+            found = self._programs[rules.node.name] = _program(rules)
+        return found
+
     # -- the whole path
 
     def run(self, source: Source, destination: Destination, node: Node, sport: int,
@@ -422,40 +414,22 @@ class _Tracer:
         packet = Packet(destination.protocol.lower(), source.ip, sport, destination.ip, destination.port)
         walk = self.walk(rules, source.kind, packet, BRIDGE if source.kind == "pod" else None, endpoint, "source")
         hops = [walk.hop]
-        balancing, endpoints = self._balancing(walk, destination)
-        dnat = self._dnat(rules, walk.hop.trace, packet)
-        last, refusal = walk, ""
         first = walk.hop.trace
-        vs = rules.ipvs.lookup(packet.proto, first.final.dst, first.final.dport) \
-            if rules.ipvs is not None and first.verdict == "ACCEPT" and walk.hop.local else None
-        if vs is not None:
-            balancing, endpoints, chosen = self._ipvs(rules, vs, destination, endpoint)
-            if chosen is None:
-                refusal = (f"REJECT (icmp-port-unreachable) by IPVS: virtual service {vs.address} "
-                           f"({rules.ipvs.name} line {vs.line}) has no real server with a weight above 0")
-            else:
-                dnat = Nat("IPVS", _host_port(first.final.dst, first.final.dport), chosen.address, rules.ipvs.name,
-                           chosen.line, f"{ipvs_save.METHOD_NAME[chosen.method]}, scheduler {vs.scheduler}")
-                if chosen.method != "masq":
-                    self.notes.append(f"real server {chosen.address} uses {ipvs_save.METHOD_NAME[chosen.method]}; "
-                                      "kspec traces it as NAT")
-                rewritten = Packet(packet.proto, first.final.src, sport, chosen.ip, chosen.port, first.mark)
-                last = self.walk(rules, "node", rewritten, None, None, "after-ipvs")
-                hops.append(last.hop)
+        balancing, endpoints = self._balancing(rules, walk, destination)
         if endpoint is not None and not any(e.chosen and e.address == _normal_endpoint(endpoint) for e in endpoints):
             raise TraceError(f"--endpoint {endpoint}: this packet is not load-balanced to a choice of endpoints",
                              "drop --endpoint")
-        final = last.hop.trace
-        verdict = "REJECT" if refusal else final.verdict
+        dnat = self._dnat(rules, first, packet)
         snat, routes, reply, delivered = None, [], None, False
+        verdict = first.verdict
         if verdict != "ACCEPT":
-            outcome = refusal or self._refusal(rules, last.program, final)
+            outcome = self._refusal(rules, walk.program, first)
         else:
-            leaving = final.final
-            snat = self._snat(rules, final, leaving)
+            leaving = first.final
+            snat = self._snat(rules, first, leaving)
             if snat is not None:
                 leaving = replace(leaving, src=snat.after)
-            delivered, verdict, outcome, more_hops, routes = self._deliver(rules, last.hop, leaving)
+            delivered, verdict, outcome, more_hops, routes = self._deliver(rules, walk.hop, leaving)
             hops += more_hops
             if delivered:
                 reply = self._reply(packet, leaving, dnat, snat, node, routes)
@@ -464,7 +438,7 @@ class _Tracer:
             self.notes.append(f"--rules for {', '.join(unused)} not used: the packet does not pass "
                               f"{'that node' if len(unused) == 1 else 'those nodes'}")
         mode = "ipvs" if rules.ipvs is not None else "iptables"
-        notes = tuple(dict.fromkeys(walk.notes + (last.notes if last is not walk else []) + self.notes))
+        notes = tuple(dict.fromkeys(walk.notes + self.notes))
         return TraceResult(source, destination, node.name, mode, packet, rules.files, tuple(hops), balancing,
                            tuple(endpoints), dnat, snat, tuple(routes), verdict, delivered, outcome, reply, notes)
 
@@ -472,76 +446,36 @@ class _Tracer:
 
     def walk(self, rules: NodeRules, origin: str, packet: Packet, in_interface: str | None,
              endpoint: str | None, phase: str) -> _Walk:
-        node = rules.node
-        base = node_hooks(node, origin, self.family, rules.routes)
-        bound = rules.ipvs.addresses() if rules.ipvs is not None else ()  # on kube-ipvs0: the node's own
-        local = tuple(dict.fromkeys(base.local + tuple(a for a in bound
-                                                       if ipaddress.ip_address(a).version == self.family)))
-        hooks = Hooks(origin, local, in_interface, base.bridged)
-        ruleset = self._stripped(rules) if phase == "after-ipvs" else rules.ruleset
-        bridged = Intervals.of_networks(ipaddress.ip_network(c) for c in hooks.bridged)
-        program = chains.program_for(ruleset, chains.local_intervals(local, self.family), bridged)
-        answers, reasons = self._set_answers(rules, program, packet)
-        notes: list[str] = []
+        """Every outcome of ``packet`` on the node (the engine's leaves), and the concrete replay of one."""
+        program = self.program_of(rules)
         fields = [int(ipaddress.ip_address(packet.src)), int(ipaddress.ip_address(packet.dst)),
                   chains.protocol_number(packet.proto), packet.sport, packet.dport]
         try:
             leaves = chains.explore(program, origin, fields, in_interface, mark=packet.mark)
         except chains.TooManyPaths as exc:
             raise TraceError(f"{rules.rules_name}: {exc}", "trace a node whose rules fork less") from None
-        agreed = [leaf for leaf in leaves if _agrees(leaf, answers)]
+        agreed = [leaf for leaf in leaves if _agrees(leaf)]
         fresh = sorted((leaf for leaf in agreed if leaf.fresh), key=_preference)
         remembered = [leaf for leaf in agreed if not leaf.fresh]
-        chosen = fresh[0] if fresh else (sorted(agreed, key=_preference) or [None])[0]
-        if endpoint is not None and phase == "source" and rules.ipvs is None:
-            chosen = self._pick(fresh, endpoint, rules.ruleset.family)
-        if chosen is None:
+        candidates = fresh or sorted(agreed, key=_preference)
+        if not candidates:
             raise TraceError(f"{rules.rules_name}: the walk has no outcome for {packet}", "report this as a bug")
-        result = chains.trace_packet(program, hooks, packet, [value for _, _, value in chosen.pick_list()])
-        expected = chains.dnat_text(chosen.dnat, self.family)
+        chosen = self._pick(fresh, endpoint, program.family) if endpoint is not None else candidates[0]
+        result = chains.trace_packet(program, Hooks(origin, (), in_interface), packet,
+                                     [value for _, _, value in chosen.pick_list()])
+        notes: list[str] = []
+        expected = chains.dnat_text(chosen.dnat, program.family)
         if result.verdict != chosen.verdict or result.dnat != expected:
             notes.append(f"internal check: the replay gave {result.verdict} {result.dnat or ''}, the walk "
                          f"{chosen.verdict} {expected or ''}")
         for line, text, _ in chosen.pick_list():
-            if not text.startswith(_CHOICE_PREFIXES) and (line, text) not in answers:
-                reason = reasons.get((line, text), "kspec does not model this match")
-                notes.append(f"{rules.rules_name} line {line}: {text}: {reason}; assumed not to match")
-        is_local = int(ipaddress.ip_address(result.final.dst)) in program.local
-        hop = Hop(node.name, rules.rules_name, phase, origin, _traversed(program, origin, is_local, result, phase),
-                  is_local, result)
-        return _Walk(hop, program, fresh, remembered, notes)
-
-    def _stripped(self, rules: NodeRules) -> iptables_save.RuleSet:
-        found = self._without.get(rules.node.name)
-        if found is None:
-            found = self._without[rules.node.name] = _without_nat_output(rules.ruleset)
-        return found
-
-    def _set_answers(self, rules: NodeRules, program: Program, packet: Packet
-                     ) -> tuple[dict[tuple[int, str], bool], dict[tuple[int, str], str]]:
-        """Each ``-m set`` atom of the rules decided for ``packet`` from the node's ipsets; why others are not."""
-        atoms = self._sets.get(id(program.ruleset))
-        if atoms is None:
-            atoms = self._sets[id(program.ruleset)] = list(_set_atoms(program.ruleset))
-        answers: dict[tuple[int, str], bool] = {}
-        reasons: dict[tuple[int, str], str] = {}
-        proto = chains.protocol_number(packet.proto)
-        for line, text, name, directions, negated in atoms:
-            if name == "":
-                answers[(line, text)] = True  # counter options never change whether the rule matches
-                continue
-            ipset = rules.ipsets.sets.get(name) if rules.ipsets is not None else None
-            if ipset is None:
-                where = rules.ipsets.name if rules.ipsets is not None else "no ipset dump was given"
-                reasons[(line, text)] = f"set {name} is not in {where}"
-                continue
-            member = ipset_save.match_packet(ipset, directions, proto, packet.src, packet.sport, packet.dst,
-                                             packet.dport)
-            if member is None:
-                reasons[(line, text)] = f"membership in a {ipset.type} set is not modelled"
-                continue
-            answers[(line, text)] = member != negated
-        return answers, reasons
+            if not text.startswith(CHOICE_PREFIXES):
+                why = ("the set is not in the node's ipset dump, or of a kind kspec does not model"
+                       if text.startswith("-m set") else "kspec does not model this match")
+                notes.append(f"{rules.rules_name} line {line}: {text}: {why}; assumed not to match")
+        path, local = _path(program, rules.node.name, origin, packet, result)
+        return _Walk(Hop(rules.node.name, rules.rules_name, phase, origin, path, local, result), program, fresh,
+                     remembered, notes)
 
     def _pick(self, fresh: list[Leaf], endpoint: str, family: int) -> Leaf:
         wanted = _normal_endpoint(endpoint)
@@ -554,12 +488,15 @@ class _Tracer:
 
     # -- balancing
 
-    def _balancing(self, walk: _Walk, destination: Destination
+    def _balancing(self, rules: NodeRules, walk: _Walk, destination: Destination
                    ) -> tuple[Balancing | None, list[Endpoint]]:
+        result = walk.hop.trace
+        server = next((s for s in result.steps if s.table == "ipvs" and s.action == "virtual server"), None)
+        if server is not None and rules.ipvs is not None:
+            return self._ipvs(rules, server.line, result, destination)
         outcomes = [leaf for leaf in walk.outcomes if leaf.verdict == "ACCEPT" and leaf.dnat is not None]
         if not outcomes:
             return None, []
-        chosen = walk.hop.trace.dnat
         totals: dict[str, float] = {}
         for leaf in outcomes:
             key = chains.dnat_text(leaf.dnat, self.family)
@@ -568,8 +505,8 @@ class _Tracer:
         for key, probability in totals.items():
             ip, port = _split_endpoint(key)
             pod, node = self.by_ip.get(ip, (None, None))
-            endpoints.append(Endpoint(ip, port, pod, node, probability, None, key == chosen))
-        service = _comment_of(walk.program, walk.hop.trace, "DNAT") or destination.name
+            endpoints.append(Endpoint(ip, port, pod, node, probability, None, key == result.dnat))
+        service = _comment_of(walk.program, result, "DNAT") or destination.name
         affinity = None
         if walk.remembered:
             line = next((ln for leaf in walk.remembered for ln, text, value in leaf.pick_list()
@@ -580,28 +517,21 @@ class _Tracer:
                         for _, text, _ in leaf.pick_list())
         return Balancing("statistic" if statistic else "single", service, affinity=affinity), endpoints
 
-    def _ipvs(self, rules: NodeRules, vs: ipvs_save.VirtualService, destination: Destination,
-              endpoint: str | None) -> tuple[Balancing, list[Endpoint], ipvs_save.RealServer | None]:
-        eligible = [rs for rs in vs.real_servers if rs.weight > 0]
-        chosen = eligible[0] if eligible else None
-        if endpoint is not None:
-            wanted = _normal_endpoint(endpoint)
-            chosen = next((rs for rs in eligible if rs.address == wanted), None)
-            if chosen is None:
-                raise TraceError(f"--endpoint {endpoint} is not a real server (with a weight) of {vs.address}",
-                                 "choose one of " + (", ".join(rs.address for rs in eligible) or "(none)"))
+    def _ipvs(self, rules: NodeRules, line: int, result: Trace, destination: Destination
+              ) -> tuple[Balancing, list[Endpoint]]:
+        """The virtual service the walk met: its scheduler and every real server with its weight."""
+        vs = next(v for v in rules.ipvs.services if v.line == line)
         endpoints = []
         for rs in vs.real_servers:
             pod, node = self.by_ip.get(rs.ip, (None, None))
-            endpoints.append(Endpoint(rs.ip, rs.port, pod, node, None, rs.weight, rs is chosen))
+            endpoints.append(Endpoint(rs.ip, rs.port, pod, node, None, rs.weight, rs.address == result.dnat))
         affinity = None
         if vs.persistence is not None:
             affinity = (f"persistent for {vs.persistence} s (-p {vs.persistence}): a client's connections within "
                         "that time go to the real server its first one got")
         service = destination.name if destination.kind == "service" else \
             destination.about.partition("service ")[2] or vs.address
-        return Balancing("ipvs", service, vs.scheduler, vs.address, rules.ipvs.name, vs.line, affinity), endpoints, \
-            chosen
+        return Balancing("ipvs", service, vs.scheduler, vs.address, rules.ipvs.name, vs.line, affinity), endpoints
 
     # -- NAT
 
@@ -609,7 +539,12 @@ class _Tracer:
         step = next((s for s in result.steps if s.action.startswith("DNAT")), None)
         if step is None or result.dnat is None:
             return None
-        return Nat("DNAT", _host_port(packet.dst, packet.dport), result.dnat, rules.rules_name, step.line)
+        before = host_port(packet.dst, packet.dport)
+        if step.table == "ipvs":
+            vs = next((v for v in rules.ipvs.services if any(rs.line == step.line for rs in v.real_servers)), None)
+            note = f"NAT real server, scheduler {vs.scheduler}" if vs is not None else ""
+            return Nat("IPVS", before, result.dnat, step.chain, step.line, note)
+        return Nat("DNAT", before, result.dnat, rules.rules_name, step.line)
 
     def _snat(self, rules: NodeRules, result: Trace, leaving: Packet) -> Nat | None:
         step = next((s for s in result.steps if s.action.startswith(("MASQUERADE", "SNAT"))), None)
@@ -655,6 +590,7 @@ class _Tracer:
                 return False, "UNREACHABLE", (f"UNREACHABLE: {current.node.name} sends {packet.dst} to "
                                               f"{routes[-1].next}, which does not deliver it"), hops, routes
             current = self.rules_of(next_node)
+            packet = replace(packet, mark=0)  # a mark is the sending node's: it does not travel with the packet
             walk = self.walk(current, "outside", packet, None, None, "destination")
             self.notes.extend(walk.notes)
             hop = walk.hop
@@ -670,7 +606,7 @@ class _Tracer:
               ) -> tuple[bool, str, str] | None:
         """Where ``rules.node`` sends the packet; None when the route names another node."""
         name = rules.node.name
-        target = _host_port(packet.dst, packet.dport)
+        target = host_port(packet.dst, packet.dport)
         if hop.local:
             routes.append(RouteHop(name, packet.dst, f"{packet.dst} is {name}'s own address", None, None,
                                    f"node {name} itself"))
@@ -710,6 +646,9 @@ class _Tracer:
             return f"{result.verdict} (no rule fired)"
         if step.line == 0:
             return f"{result.verdict} by the policy of {step.table} {step.hook} on {rules.node.name}"
+        if step.table == "ipvs":
+            return (f"REJECT (icmp-port-unreachable) by IPVS: virtual service {step.text.split()[2]} ({step.chain} "
+                    f"line {step.line}) has no real server with a weight above 0")
         reason = ""
         cr = program.by_line.get(step.line)
         rule = cr.rule if cr is not None else None
@@ -738,56 +677,76 @@ class _Tracer:
 # --- helpers: walks ------------------------------------------------------------------------------
 
 
-def _set_atoms(ruleset: iptables_save.RuleSet):
-    """(line, atom text as the engine names it, set name, directions, negated) of every ``-m set`` option."""
-    for rule in ruleset.rules():
-        for match in rule.matches:
-            if match.module != "set":
-                continue
-            for opt in match.options:
-                text = f"-m set {opt.text()}"
-                if opt.name == "match-set" and len(opt.values) == 2:
-                    yield rule.line, text, opt.values[0], tuple(opt.values[1].split(",")), opt.negated
-                elif opt.name in ("update-counters", "update-subcounters") and not opt.negated:
-                    yield rule.line, text, "", (), False
+def _program(rules: NodeRules) -> Program:
+    """As ``kspec verify`` builds it: node addresses (and, in IPVS mode, the kube-ipvs0 ones), the bridged
+    podCIDRs, and in IPVS mode the ipsets (deciding ``-m set``) and the IPVS table."""
+    node, family = rules.node, rules.family
+    hooks = node_hooks(node, "pod", family, rules.routes)
+    local = chains.local_intervals(hooks.local, family)
+    bridged = Intervals.of_networks(ipaddress.ip_network(c) for c in hooks.bridged)
+    if rules.ipvs is None:
+        return Program(rules.ruleset, local, bridged, BRIDGE)
+    sets = ipvs_invariants.SetResolver(rules.ipsets or ipset_save.IpSets("<no ipsets>", {}), family)
+    return Program(rules.ruleset, local | _bound(rules, sets), bridged, BRIDGE, sets=sets,
+                   ipvs=ipvs_invariants.walker_table(rules.ipvs, family), physdev=True)
 
 
-def _agrees(leaf: Leaf, answers: Mapping[tuple[int, str], bool]) -> bool:
-    """Whether a leaf's answers to opaque matches are the decided ones (undecided: does not match)."""
-    for line, text, value in leaf.pick_list():
-        if not text.startswith(_CHOICE_PREFIXES) and answers.get((line, text), False) != value:
-            return False
-    return True
+def _bound(rules: NodeRules, sets) -> Intervals:
+    """The addresses on kube-ipvs0 (the node's own): KUBE-IPVS-IPS, kept equal to them by kube-proxy, or
+    without that set the virtual services' addresses that are not the node's."""
+    found = sets(ipvs_names.set_name(ipvs_names.IPVS_IPS, rules.family), ("dst",))
+    if found is not None and found.fields == (DST,):
+        return Intervals(span for m in found.members for span in m[0].spans)
+    own = {int(ip) for ip in rules.node.ips if ip.version == rules.family}
+    return Intervals((a, a) for vs in rules.ipvs.services if vs.ip is not None and vs.family == rules.family
+                     for a in [int(ipaddress.ip_address(vs.ip))] if a not in own)
+
+
+def _agrees(leaf: Leaf) -> bool:
+    """Whether a leaf answers every match kspec cannot decide "does not match", as trace_packet assumes."""
+    return all(not value for _, text, value in leaf.pick_list() if not text.startswith(CHOICE_PREFIXES))
 
 
 def _preference(leaf: Leaf) -> tuple:
-    """Chain order: the first statistic rule that matches wins, so ``True`` answers sort first."""
-    return tuple(0 if value else 1 for _, text, value in leaf.pick_list() if text.startswith(("--probability",
-                                                                                               "--every")))
+    """Chain order: the first statistic rule (or real server) that matches wins, so ``True`` sorts first."""
+    return tuple(0 if value else 1 for _, text, value in leaf.pick_list()
+                 if text.startswith(("--probability", "--every", "ipvs real server")))
 
 
-def _without_nat_output(ruleset: iptables_save.RuleSet) -> iptables_save.RuleSet:
-    """The rules an IPVS-forwarded packet meets on its way out: nat OUTPUT already ran for its connection."""
-    nat = ruleset.tables.get("nat")
-    if nat is None or "OUTPUT" not in nat.chains:
-        return ruleset
-    chains_ = dict(nat.chains)
-    chains_["OUTPUT"] = replace(chains_["OUTPUT"], rules=())
-    return replace(ruleset, tables={**ruleset.tables, "nat": replace(nat, chains=chains_)})
-
-
-def _traversed(program: Program, origin: str, local: bool, result: Trace, phase: str) -> tuple[tuple[str, str], ...]:
+def _path(program: Program, node: str, origin: str, packet: Packet, result: Trace
+          ) -> tuple[tuple[tuple[str, str], ...], bool]:
+    """The hooks the packet met, in the engine's order, with the routing decisions; and whether it ends
+    up for the node itself."""
+    ipvs_dnat = next((s for s in result.steps if s.table == "ipvs" and s.action.startswith("DNAT")), None)
+    met_ipvs = any(s.table == "ipvs" for s in result.steps)
+    first_dst = packet.dst if ipvs_dnat is not None else result.final.dst
+    first_local = int(ipaddress.ip_address(first_dst)) in program.local
+    final_local = int(ipaddress.ip_address(result.final.dst)) in program.local
+    route = ("route", f"{first_dst} is {node}'s own address: delivered locally (INPUT)" if first_local else
+             f"{first_dst} is not {node}'s own address: " + ("sent out" if origin == "node" else "forwarded"))
+    after = ("route", f"IPVS sends it to {result.final.dst}: " + (
+        f"{node}'s own address (nat INPUT)" if final_local else "out through the output hooks"))
+    ipvs_on = program.ipvs is not None
     if origin == "node":
-        order = chains.LOCAL_OUT + (chains.LOCAL_IN if local else ())
+        head = chains.LOCAL_OUT_BEFORE_IPVS if ipvs_on else chains.LOCAL_OUT[:3]
+        tail = chains.LOCAL_OUT_AFTER_IPVS if ipvs_on else chains.LOCAL_OUT[3:]
+        order = [*head, route, *([("ipvs", "LOCAL_OUT")] if met_ipvs else []), *([after] if ipvs_dnat else []),
+                 *tail, *(chains.LOCAL_IN if final_local else ())]
+    elif not first_local:
+        order = [*chains.PRE, route, *chains.FORWARD]
+    elif not ipvs_on:
+        order = [*chains.PRE, route, *chains.LOCAL_IN]
     else:
-        order = chains.PRE + (chains.LOCAL_IN if local else chains.FORWARD)
-    hooks = [h for h in order if program.chain(*h) is not None
-             and not (phase == "after-ipvs" and h == ("nat", "OUTPUT"))]
+        rest = (chains.LOCAL_IN_AFTER_IPVS if final_local else chains.LOCAL_OUT_AFTER_IPVS) if ipvs_dnat \
+            else chains.LOCAL_IN_AFTER_IPVS
+        order = [*chains.PRE, route, *chains.LOCAL_IN_BEFORE_IPVS, *([("ipvs", "LOCAL_IN")] if met_ipvs else []),
+                 *([after] if ipvs_dnat else []), *rest]
+    path = [h for h in order if h[0] in ("route", "ipvs") or program.chain(*h) is not None]
     if result.verdict != "ACCEPT" and result.steps:
         last = (result.steps[-1].table, result.steps[-1].hook)
-        if last in hooks:
-            hooks = hooks[:hooks.index(last) + 1]
-    return tuple(hooks)
+        if last in path:
+            path = path[:path.index(last) + 1]
+    return tuple(path), final_local
 
 
 def _comment(rule: iptables_save.Rule) -> str | None:
@@ -815,7 +774,7 @@ def _lookup(routes: routes_batch.Routes, dst: str) -> routes_batch.Route | None:
 # --- helpers: names and addresses ----------------------------------------------------------------
 
 
-def _host_port(ip: str, port: int) -> str:
+def host_port(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
@@ -829,7 +788,7 @@ def _normal_endpoint(text: str) -> str:
         host, port, _ = _address_port(text)
     except TraceError:
         raise TraceError(f"--endpoint {text!r} is not IP:PORT", "write --endpoint 10.244.1.5:8080") from None
-    return _host_port(host, port)
+    return host_port(host, port)
 
 
 def _address_port(text: str) -> tuple[str, int, str]:
@@ -979,189 +938,3 @@ def _outside_only(cluster: ResolvedCluster, address) -> None:
         if address in cidr:
             raise TraceError(f"{address} is inside the cluster network {cidr}, yet no pod has it",
                              "give an address outside the cluster, or --from pod/NS/NAME")
-
-
-# --- rendering --------------------------------------------------------------------------------
-
-
-def render_text(result: TraceResult) -> str:
-    """The explanation, in the order the packet meets things; plain text, readable without colour."""
-    out: list[str] = []
-    src, dst = result.source, result.destination
-    out.append(f"trace {result.packet}")
-    out.append(f"  from {src.kind} {src.name}" + (f" on {src.node}" if src.kind == "pod" else ""))
-    out.append(f"  to   {dst.kind} {dst.name}" + (f": {dst.about}" if dst.about else "") + (
-        "" if dst.kind == "address" else f" ({_host_port(dst.ip, dst.port)}/{dst.protocol})"))
-    out.append(f"  mode {result.mode}; rules: " + ", ".join(result.files.values()))
-    section = 0
-
-    def head(title: str) -> None:
-        nonlocal section
-        section += 1
-        out.extend(["", f"{section}. {title}"])
-
-    head("source")
-    out.append(f"   {src.route}")
-    by_phase = {phase: [h for h in result.hops if h.phase == phase] for phase in ("source", "after-ipvs",
-                                                                                  "destination")}
-    for hop in by_phase["source"]:
-        head(f"netfilter on {hop.node} ({hop.file})")
-        out += _hop_lines(hop, "   ")
-    b = result.balancing
-    if b is not None and result.endpoints:
-        if b.method == "ipvs":
-            head(f"IPVS on {result.node}: virtual service {b.virtual_server} ({b.file} line {b.line}), "
-                 f"scheduler {b.scheduler}")
-            out.append(f"   real servers of {b.service} (the scheduler decides; the first one is traced):")
-        elif b.method == "statistic":
-            head(f"endpoints of {b.service} (iptables: a new connection picks one at random, -m statistic)")
-        else:
-            head(f"endpoint of {b.service}")
-        out += _endpoint_lines(result.endpoints)
-        if b.affinity:
-            out.append(f"   {b.affinity}")
-    for hop in by_phase["after-ipvs"]:
-        head(f"netfilter on {hop.node} after IPVS: the rewritten packet leaves through the output hooks")
-        out += _hop_lines(hop, "   ")
-    head("NAT")
-    out += _nat_lines(result)
-    if result.routes:
-        head("route")
-        arrivals = {h.node: h for h in by_phase["destination"]}
-        for r in result.routes:
-            where = f" ({r.file} line {r.line})" if r.file else ""
-            out.append(f"   {r.node}: {r.route}{where} -> {r.next}")
-            hop = arrivals.pop(r.next.removeprefix("node "), None)
-            if hop is not None:
-                out.append(f"   netfilter on {hop.node} ({hop.file}), arriving from the node network:")
-                out += _hop_lines(hop, "     ")
-    if result.reply is not None:
-        head("reply")
-        reply = result.reply
-        out.append(f"   {reply.text}")
-        out.append(f"   sent by the destination: {reply.sent}")
-        if reply.received != reply.sent:
-            out.append(f"   received by the source:  {reply.received}")
-    if result.notes:
-        out.extend(["", "notes:"] + [f"  - {n}" for n in result.notes])
-    out.extend(["", f"result: {result.outcome} (exit {result.exit_code})"])
-    return "\n".join(out) + "\n"
-
-
-def _hop_lines(hop: Hop, indent: str) -> list[str]:
-    out: list[str] = []
-    steps = hop.trace.steps
-    width = max([len(s.chain) for s in steps] + [10])
-    before_routing = chains.LOCAL_OUT[:3] if hop.origin == "node" else chains.PRE
-    dst = hop.trace.final.dst
-    decision = (f"{indent}routing: {dst} is {hop.node}'s own address: delivered locally (INPUT)" if hop.local else
-                f"{indent}routing: {dst} is not {hop.node}'s own address: "
-                + ("sent out" if hop.origin == "node" else "forwarded"))
-    routed = hop.phase == "after-ipvs"  # its route was decided with its connection
-    for h in hop.hooks:
-        if not routed and h not in before_routing:
-            out.append(decision)
-            routed = True
-        mine = [s for s in steps if (s.table, s.hook) == h]
-        out.append(f"{indent}{h[0]} {h[1]}" + ("" if mine else ": no rule matched"))
-        for s in mine:
-            where = f"line {s.line}" if s.line else "policy"
-            out.append(f"{indent}  {where:<9} {s.chain:<{width}}  {s.text}")
-    if not routed and hop.trace.verdict == "ACCEPT":
-        out.append(decision)
-    out.append(f"{indent}verdict: {hop.trace.verdict}")
-    for a in hop.trace.assumed:
-        text = a.split(": ", 1)[1]
-        if text.startswith("-m set --match-set"):
-            out.append(f"{indent}ipset membership: {a}")
-        elif not text.startswith(_CHOICE_PREFIXES):
-            out.append(f"{indent}assumed: {a}")
-    return out
-
-
-def _endpoint_lines(endpoints: Sequence[Endpoint]) -> list[str]:
-    out = []
-    width = max(len(e.address) for e in endpoints)
-    where = [(f"pod {e.pod}" if e.pod else "not a pod of the cluster") + (f" on {e.node}" if e.node else "")
-             if e.pod or e.node else "not a pod of the cluster" for e in endpoints]
-    where = [(f"node {e.node}" if e.pod is None and e.node else w) for e, w in zip(endpoints, where)]
-    span = max(len(w) for w in where)
-    for e, w in zip(endpoints, where):
-        mark = "->" if e.chosen else "  "
-        share = f"{e.probability * 100:5.1f}%" if e.probability is not None else f"weight {e.weight}"
-        out.append(f"   {mark} {e.address:<{width}}  {w:<{span}}  {share}" + ("  (traced)" if e.chosen else ""))
-    if all(e.probability is not None for e in endpoints) and len(endpoints) > 1:
-        out.append(f"      total {sum(e.probability or 0.0 for e in endpoints) * 100:.1f}%")
-    return out
-
-
-def _nat_lines(result: TraceResult) -> list[str]:
-    out = []
-    if result.verdict in ("DROP", "REJECT") and not result.routes:
-        out.append(f"   none: the packet is refused ({result.verdict})")
-        return out
-    if result.dnat is not None:
-        d = result.dnat
-        by = "IPVS" if d.action == "IPVS" else "DNAT"
-        out.append(f"   {by} {d.before} -> {d.after} ({d.file} line {d.line}" + (f"; {d.note}" if d.note else "") + ")")
-    else:
-        out.append("   no DNAT: the destination is kept")
-    if result.snat is not None:
-        s = result.snat
-        out.append(f"   {s.action} {s.before} -> {s.after} ({s.file} line {s.line})" + (f"; {s.note}" if s.note else ""))
-    else:
-        out.append(f"   no SNAT: the source {result.packet.src} is kept")
-    return out
-
-
-def result_data(result: TraceResult) -> dict:
-    """The documented JSON object (see the module docstring)."""
-    src, dst = result.source, result.destination
-
-    def nat(n: Nat | None, kind: str) -> dict | None:
-        if n is None:
-            return None
-        data = {"action": n.action, "from": n.before, "to": n.after, "file": n.file, "line": n.line}
-        if kind == "dnat":
-            data["by"] = "ipvs" if n.action == "IPVS" else "iptables"
-        if n.note:
-            data["note"] = n.note
-        return data
-
-    steps = [{"node": hop.node, "file": hop.file, "phase": hop.phase, "table": s.table, "hook": s.hook,
-              "chain": s.chain, "line": s.line, "rule": s.text, "action": s.action}
-             for hop in result.hops for s in hop.trace.steps]
-    endpoints = []
-    for e in result.endpoints:
-        item: dict = {"ip": e.ip, "port": e.port, "pod": e.pod, "node": e.node, "chosen": e.chosen}
-        if e.probability is not None:
-            item["probability"] = round(e.probability, 6)
-        if e.weight is not None:
-            item["weight"] = e.weight
-        endpoints.append(item)
-    b = result.balancing
-    return {
-        "source": {"kind": src.kind, "name": src.name, "ip": src.ip, "port": result.packet.sport, "node": src.node},
-        "destination": {"kind": dst.kind, "name": dst.name, "ip": dst.ip, "port": dst.port,
-                        "protocol": dst.protocol, "about": dst.about or None},
-        "node": result.node,
-        "mode": result.mode,
-        "packet": str(result.packet),
-        "files": dict(result.files),
-        "steps": steps,
-        "verdict": result.verdict,
-        "delivered": result.delivered,
-        "result": result.outcome,
-        "nat": {"dnat": nat(result.dnat, "dnat"), "snat": nat(result.snat, "snat")},
-        "balancing": None if b is None else {"method": b.method, "service": b.service, "scheduler": b.scheduler,
-                                             "virtualServer": b.virtual_server, "file": b.file, "line": b.line,
-                                             "affinity": b.affinity},
-        "endpoints": endpoints,
-        "route": [{"node": r.node, "destination": r.destination, "route": r.route, "file": r.file, "line": r.line,
-                   "next": r.next} for r in result.routes],
-        "reply": None if result.reply is None else {"sent": str(result.reply.sent),
-                                                    "received": str(result.reply.received),
-                                                    "node": result.reply.node, "text": result.reply.text},
-        "notes": list(result.notes),
-        "exitCode": result.exit_code,
-    }

@@ -173,8 +173,8 @@ def test_real_ipset_save_has_the_same_sets_and_members(tmp_path):
         made = subprocess.run(["ip", "netns", "add", ns], capture_output=True, text=True, check=False)
         if made.returncode != 0:
             pytest.skip(f"ip netns unavailable: {made.stderr.strip()}")
-        loaded = subprocess.run(["ip", "netns", "exec", ns, "ipset", "restore"], input=text, check=False, capture_output=True,
-                                text=True)
+        loaded = subprocess.run(["ip", "netns", "exec", ns, "ipset", "restore"], input=text, check=False,
+                                capture_output=True, text=True)
         if loaded.returncode != 0 and "Kernel error" in loaded.stderr:
             pytest.skip(f"the kernel has no ipset support here: {loaded.stderr.strip()}")
         assert loaded.returncode == 0, loaded.stderr

@@ -14,11 +14,12 @@ import pytest
 
 from kspec import cli
 from kspec.commands import trace_cmd
+from kspec.commands.trace_cmd import result_data
 from kspec.compile import compile_cluster
 from kspec.frontend.assemble import Flags
 from kspec.lab import command as lab_command
 from kspec.pipeline import load
-from kspec.trace import TraceError, classify, result_data, trace
+from kspec.trace import TraceError, classify, trace
 from kspec.verify.packet_invariants import check_node
 from kspec.verify.result import VIOLATED
 
@@ -243,19 +244,54 @@ def test_ipvs_virtual_server_real_servers_and_set_matches():
     ipvs_text = compiled(SHOP)[f"nodes/{result.node}/ipvs.rules"].split("\n")
     b = result.balancing
     assert result.mode == "ipvs" and b.method == "ipvs" and b.scheduler == "rr"
-    assert b.virtual_server == f"{svc.cluster_ips[0]}:80" and ipvs_text[b.line - 1].startswith(f"-A -t {b.virtual_server}")
+    assert b.virtual_server == f"{svc.cluster_ips[0]}:80"
+    assert ipvs_text[b.line - 1].startswith(f"-A -t {b.virtual_server}")
     assert "persistent for 600 s" in b.affinity
     backends = {f"{x.ip}:{x.port}" for pe in cluster.endpoints[svc.key].ports for x in pe.backends}
     assert {e.address for e in result.endpoints} == backends and all(e.weight == 1 for e in result.endpoints)
     assert [e.chosen for e in result.endpoints].count(True) == 1
     assert result.dnat.action == "IPVS" and ipvs_text[result.dnat.line - 1].endswith(f"-r {result.dnat.after} -m -w 1")
-    assert [h.phase for h in result.hops][:2] == ["source", "after-ipvs"] and result.hops[0].local
-    # the set matches were decided from ipset.rules: the cluster IP is in KUBE-CLUSTER-IP, so line 17 accepts
-    accepted = [s for s in result.hops[0].trace.steps if "--match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT" in s.text]
-    assert accepted and result.delivered and result.snat is None
+    first = result.hops[0]
+    assert ("ipvs", "LOCAL_IN") in first.path and not first.local  # rewritten to a pod on another node
+    ipvs_steps = [s for s in first.trace.steps if s.table == "ipvs"]
+    assert [s.action for s in ipvs_steps] == ["virtual server", f"DNAT {result.dnat.after}"]
+    assert all(ipvs_text[s.line - 1] == s.text for s in ipvs_steps)
+    # the set matches are decided from ipset.rules: the cluster IP is in KUBE-CLUSTER-IP, so this rule accepts
+    accepted = [s for s in first.trace.steps if "--match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT" in s.text]
+    assert accepted and result.delivered and result.snat is None and not result.notes
     code, text, _ = run(str(SHOP), "--from", f"pod/{_canary(SHOP)}", "--to", "svc/shop/web:http")
     assert code == 0 and f"virtual service {b.virtual_server}" in text and "scheduler rr" in text
-    assert "ipset membership: line" in text and "weight 1" in text
+    assert "IPVS at LOCAL_IN" in text and "weight 1" in text
+
+
+def test_ipvs_without_a_live_real_server_rejects(tmp_path):
+    cluster = cluster_of(SHOP)
+    svc = cluster.services_by_key[("shop", "web")]
+    vip = f"{svc.cluster_ips[0]}:80"
+    node = cluster.pods_by_key[tuple(_canary(SHOP).split("/"))].node
+    text = compiled(SHOP)[f"nodes/{node}/ipvs.rules"]
+    drained = "".join(line.replace(" -m -w 1", " -m -w 0") if line.startswith(f"-a -t {vip} ") else line
+                      for line in text.splitlines(keepends=True))
+    dump = tmp_path / "ipvsadm-save.txt"
+    dump.write_text(drained)
+    code, out, _ = run(str(SHOP), "--from", f"pod/{_canary(SHOP)}", "--to", "svc/shop/web:http",
+                       "--rules", f"{node}={dump}")
+    line = drained.split("\n").index(f"-A -t {vip} -s rr -p 600") + 1
+    assert code == 1
+    assert f"REJECT (icmp-port-unreachable) by IPVS: virtual service {vip} ({dump} line {line})" in out
+    assert "compiled from the spec (no dump given for it)" in out
+
+
+def test_ipvs_set_missing_from_the_dump_is_an_assumption(tmp_path):
+    cluster = cluster_of(SHOP)
+    node = cluster.pods_by_key[tuple(_canary(SHOP).split("/"))].node
+    text = compiled(SHOP)[f"nodes/{node}/ipset.rules"]
+    dump = tmp_path / "ipset-save.txt"
+    dump.write_text("".join(line for line in text.splitlines(keepends=True) if " KUBE-CLUSTER-IP " not in line))
+    result = trace(cluster, f"pod/{_canary(SHOP)}", "svc/shop/web:http",
+                   rules={node: {"ipset": (str(dump), dump.read_text())}})
+    assert any("--match-set KUBE-CLUSTER-IP dst,dst: the set is not in the node's ipset dump" in n
+               for n in result.notes)
 
 
 def test_ipvs_node_ports_masquerade_or_keep_the_client():

@@ -89,6 +89,6 @@ def test_ipvs_dump_kinds_are_checked_on_the_command_line(tmp_path):
     assert run("verify", MULTI, "--rules", f"worker-a:nft={dump}")[0] == 2
     assert run("verify", MULTI, "--rules", f"worker-a:ipvs={dump}", "--rules", f"worker-a:ipvs={dump}")[0] == 2
     code, _, err = run("verify", EXPLAINER, "--rules", f"node-1:ipvs={dump}")
-    assert code == 2 and "proxy mode is iptables" not in err and "mode is iptables" in err
+    assert code == 2 and "kube-proxy mode is iptables" in err
     code, _, err = run("verify", MULTI, "--rules", f"worker-a:ipset={tmp_path / 'missing'}", "--only", "KS205")
     assert code == 2 and "cannot read the rule dump" in err and "ipset save" in err

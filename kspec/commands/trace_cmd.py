@@ -1,4 +1,23 @@
-"""`kspec trace`: one packet's path, explained (arguments and exit codes; the work is in kspec.trace)."""
+"""`kspec trace`: one packet's path, explained (arguments, rendering and exit codes; the walk is kspec.trace).
+
+The JSON document (:func:`result_data`)::
+
+    {"source": {kind: "pod"|"node"|"outside", name, ip, port, node},
+     "destination": {kind: "service"|"pod"|"address", name, ip, port, protocol, about},
+     "node": the node it enters, "mode": "iptables"|"ipvs", "packet": "TCP a:p -> b:q",
+     "files": {iptables, routes, ipvs?, ipset?: the names that node's line numbers refer to},
+     "steps": [{node, file, phase: "source"|"destination", table ("ipvs" for the IPVS table), hook,
+                chain (null for IPVS), line, rule (the line's text), action}],
+     "verdict": "ACCEPT"|"DROP"|"REJECT"|"UNREACHABLE", "delivered": bool, "result": one line,
+     "nat": {"dnat": {action: "DNAT"|"IPVS", by: "iptables"|"ipvs", from, to, file, line, note?} | null,
+             "snat": {action: "MASQUERADE"|"SNAT", from, to, file, line, note?} | null},
+     "balancing": {method: "statistic"|"single"|"ipvs", service, scheduler, virtualServer, file, line,
+                   affinity} | null,
+     "endpoints": [{ip, port, pod, node, chosen, probability (iptables) | weight (ipvs)}],
+     "route": [{node, destination, route, file, line, next}],
+     "reply": {sent, received, node, text} | null,
+     "notes": [text], "exitCode": 0 (delivered) | 1 (dropped, rejected, unreachable)}
+"""
 
 from __future__ import annotations
 
@@ -13,7 +32,18 @@ from kspec.diagnostics import InputError
 from kspec.frontend.assemble import Flags
 from kspec.pipeline import load
 from kspec.progress import Progress
-from kspec.trace import SPORT, TraceError, classify, render_text, result_data, trace
+from kspec.trace import (
+    CHOICE_PREFIXES,
+    SPORT,
+    Endpoint,
+    Hop,
+    Nat,
+    TraceError,
+    TraceResult,
+    classify,
+    host_port,
+    trace,
+)
 
 EPILOG = """examples:
   kspec trace examples/explainer/cluster.kspec --from pod/default/frontend --to svc/default/search:80
@@ -127,3 +157,181 @@ def run(args: argparse.Namespace, flags: Flags | None, stdin: IO, stdout: IO, st
     else:
         stdout.write(render_text(result))
     return result.exit_code
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def render_text(result: TraceResult) -> str:
+    """The explanation, in the order the packet meets things; plain text, readable without colour."""
+    out: list[str] = []
+    src, dst = result.source, result.destination
+    out.append(f"trace {result.packet}")
+    out.append(f"  from {src.kind} {src.name}" + (f" on {src.node}" if src.kind == "pod" else ""))
+    out.append(f"  to   {dst.kind} {dst.name}" + (f": {dst.about}" if dst.about else "") + (
+        "" if dst.kind == "address" else f" ({host_port(dst.ip, dst.port)}/{dst.protocol})"))
+    out.append(f"  mode {result.mode}; rules: " + ", ".join(result.files.values()))
+    section = 0
+
+    def head(title: str) -> None:
+        nonlocal section
+        section += 1
+        out.extend(["", f"{section}. {title}"])
+
+    head("source")
+    out.append(f"   {src.route}")
+    by_phase = {phase: [h for h in result.hops if h.phase == phase] for phase in ("source", "destination")}
+    for hop in by_phase["source"]:
+        head(f"netfilter on {hop.node} ({hop.file})")
+        out += _hop_lines(hop, "   ")
+    b = result.balancing
+    if b is not None and result.endpoints:
+        if b.method == "ipvs":
+            head(f"IPVS on {result.node}: virtual service {b.virtual_server} ({b.file} line {b.line}), "
+                 f"scheduler {b.scheduler}")
+            out.append(f"   real servers of {b.service} (the scheduler decides; --endpoint picks the one traced):")
+        elif b.method == "statistic":
+            head(f"endpoints of {b.service} (iptables: a new connection picks one at random, -m statistic)")
+        else:
+            head(f"endpoint of {b.service}")
+        out += _endpoint_lines(result.endpoints)
+        if b.affinity:
+            out.append(f"   {b.affinity}")
+    head("NAT")
+    out += _nat_lines(result)
+    if result.routes:
+        head("route")
+        arrivals = {h.node: h for h in by_phase["destination"]}
+        for r in result.routes:
+            where = f" ({r.file} line {r.line})" if r.file else ""
+            out.append(f"   {r.node}: {r.route}{where} -> {r.next}")
+            hop = arrivals.pop(r.next.removeprefix("node "), None)
+            if hop is not None:
+                out.append(f"   netfilter on {hop.node} ({hop.file}), arriving from the node network:")
+                out += _hop_lines(hop, "     ")
+    if result.reply is not None:
+        head("reply")
+        reply = result.reply
+        out.append(f"   {reply.text}")
+        out.append(f"   sent by the destination: {reply.sent}")
+        if reply.received != reply.sent:
+            out.append(f"   received by the source:  {reply.received}")
+    if result.notes:
+        out.extend(["", "notes:"] + [f"  - {n}" for n in result.notes])
+    out.extend(["", f"result: {result.outcome} (exit {result.exit_code})"])
+    return "\n".join(out) + "\n"
+
+
+def _hop_lines(hop: Hop, indent: str) -> list[str]:
+    out: list[str] = []
+    steps = hop.trace.steps
+    width = max([len(s.chain) for s in steps if s.table != "ipvs"] + [10])
+    for table, name in hop.path:
+        if table == "route":
+            out.append(f"{indent}routing: {name}")
+            continue
+        mine = [s for s in steps if (s.table, s.hook) == (table, name)]
+        if table == "ipvs":
+            out.append(f"{indent}IPVS at {name} ({mine[0].chain})")
+            for s in mine:
+                out.append(f"{indent}  line {s.line:<4} {s.text}  => {s.action}")
+            continue
+        out.append(f"{indent}{table} {name}" + ("" if mine else ": no rule matched"))
+        for s in mine:
+            where = f"line {s.line}" if s.line else "policy"
+            out.append(f"{indent}  {where:<9} {s.chain:<{width}}  {s.text}")
+    out.append(f"{indent}verdict: {hop.trace.verdict}")
+    for a in hop.trace.assumed:
+        if not a.split(": ", 1)[1].startswith(CHOICE_PREFIXES):
+            out.append(f"{indent}assumed: {a}")
+    return out
+
+
+def _endpoint_lines(endpoints: Sequence[Endpoint]) -> list[str]:
+    out = []
+    width = max(len(e.address) for e in endpoints)
+    where = [(f"pod {e.pod}" if e.pod else "not a pod of the cluster") + (f" on {e.node}" if e.node else "")
+             if e.pod or e.node else "not a pod of the cluster" for e in endpoints]
+    where = [(f"node {e.node}" if e.pod is None and e.node else w) for e, w in zip(endpoints, where)]
+    span = max(len(w) for w in where)
+    for e, w in zip(endpoints, where):
+        mark = "->" if e.chosen else "  "
+        share = f"{e.probability * 100:5.1f}%" if e.probability is not None else f"weight {e.weight}"
+        out.append(f"   {mark} {e.address:<{width}}  {w:<{span}}  {share}" + ("  (traced)" if e.chosen else ""))
+    if all(e.probability is not None for e in endpoints) and len(endpoints) > 1:
+        out.append(f"      total {sum(e.probability or 0.0 for e in endpoints) * 100:.1f}%")
+    return out
+
+
+def _nat_lines(result: TraceResult) -> list[str]:
+    out = []
+    if result.verdict in ("DROP", "REJECT") and not result.routes:
+        out.append(f"   none: the packet is refused ({result.verdict})")
+        return out
+    if result.dnat is not None:
+        d = result.dnat
+        by = "IPVS" if d.action == "IPVS" else "DNAT"
+        out.append(f"   {by} {d.before} -> {d.after} ({d.file} line {d.line}" + (f"; {d.note}" if d.note else "") + ")")
+    else:
+        out.append("   no DNAT: the destination is kept")
+    if result.snat is not None:
+        s = result.snat
+        note = f"; {s.note}" if s.note else ""
+        out.append(f"   {s.action} {s.before} -> {s.after} ({s.file} line {s.line}){note}")
+    else:
+        out.append(f"   no SNAT: the source {result.packet.src} is kept")
+    return out
+
+
+def result_data(result: TraceResult) -> dict:
+    """The documented JSON object (see the module docstring)."""
+    src, dst = result.source, result.destination
+
+    def nat(n: Nat | None, kind: str) -> dict | None:
+        if n is None:
+            return None
+        data = {"action": n.action, "from": n.before, "to": n.after, "file": n.file, "line": n.line}
+        if kind == "dnat":
+            data["by"] = "ipvs" if n.action == "IPVS" else "iptables"
+        if n.note:
+            data["note"] = n.note
+        return data
+
+    steps = [{"node": hop.node, "file": s.chain if s.table == "ipvs" else hop.file, "phase": hop.phase,
+              "table": s.table, "hook": s.hook, "chain": None if s.table == "ipvs" else s.chain, "line": s.line,
+              "rule": s.text, "action": s.action}
+             for hop in result.hops for s in hop.trace.steps]
+    endpoints = []
+    for e in result.endpoints:
+        item: dict = {"ip": e.ip, "port": e.port, "pod": e.pod, "node": e.node, "chosen": e.chosen}
+        if e.probability is not None:
+            item["probability"] = round(e.probability, 6)
+        if e.weight is not None:
+            item["weight"] = e.weight
+        endpoints.append(item)
+    b = result.balancing
+    return {
+        "source": {"kind": src.kind, "name": src.name, "ip": src.ip, "port": result.packet.sport, "node": src.node},
+        "destination": {"kind": dst.kind, "name": dst.name, "ip": dst.ip, "port": dst.port,
+                        "protocol": dst.protocol, "about": dst.about or None},
+        "node": result.node,
+        "mode": result.mode,
+        "packet": str(result.packet),
+        "files": dict(result.files),
+        "steps": steps,
+        "verdict": result.verdict,
+        "delivered": result.delivered,
+        "result": result.outcome,
+        "nat": {"dnat": nat(result.dnat, "dnat"), "snat": nat(result.snat, "snat")},
+        "balancing": None if b is None else {"method": b.method, "service": b.service, "scheduler": b.scheduler,
+                                             "virtualServer": b.virtual_server, "file": b.file, "line": b.line,
+                                             "affinity": b.affinity},
+        "endpoints": endpoints,
+        "route": [{"node": r.node, "destination": r.destination, "route": r.route, "file": r.file, "line": r.line,
+                   "next": r.next} for r in result.routes],
+        "reply": None if result.reply is None else {"sent": str(result.reply.sent),
+                                                    "received": str(result.reply.received),
+                                                    "node": result.reply.node, "text": result.reply.text},
+        "notes": list(result.notes),
+        "exitCode": result.exit_code,
+    }

@@ -41,7 +41,8 @@ TYPES: dict[str, tuple[str, ...]] = {
     "hash:ip,mark": ("ip", "mark"), "hash:net,port,net": ("net", "port", "net"),
     "hash:net,iface": ("net", "iface"), "list:set": ("set",),
 }
-CREATE_VALUES = frozenset(["family", "hashsize", "maxelem", "bucketsize", "initval", "netmask", "markmask", "timeout", "range", "size", "revision"])
+CREATE_VALUES = frozenset(["family", "hashsize", "maxelem", "bucketsize", "initval", "netmask", "markmask",
+                           "timeout", "range", "size", "revision"])
 CREATE_FLAGS = frozenset(["counters", "comment", "skbinfo", "forceadd"])
 ENTRY_VALUES = frozenset(["timeout", "packets", "bytes", "comment", "skbmark", "skbprio", "skbqueue"])
 ENTRY_FLAGS = frozenset({"nomatch"})

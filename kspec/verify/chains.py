@@ -228,7 +228,8 @@ class Membership:
         return found + [members[i] for i in self._wide if not members[i][0].disjoint(domain)]
 
 
-SetResolver = Callable[[str, tuple[str, ...]], "Membership | None"]
+# ``--match-set NAME DIRS`` -> the membership, or None / the reason it cannot be decided (then opaque)
+SetResolver = Callable[[str, tuple[str, ...]], "Membership | str | None"]
 
 
 @dataclass(frozen=True)
@@ -499,8 +500,8 @@ class Program:
             return (OPAQUE, f"-m set {opt.text()}")
         name, directions = opt.values
         membership = self.sets(name, tuple(directions.split(",")))
-        if membership is None:
-            return (OPAQUE, f"-m set {opt.text()}")
+        if not isinstance(membership, Membership):  # None, or why the set cannot be read
+            return (OPAQUE, f"-m set {opt.text()}" + (f" ({membership})" if membership else ""))
         return (MEMBER, membership, opt.negated, f"{'! ' if opt.negated else ''}--match-set {name} {directions}")
 
     def _target(self, rule: Rule) -> tuple[int, object, str]:

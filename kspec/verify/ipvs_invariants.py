@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 from kspec.backends import ipvs as names
@@ -83,6 +83,15 @@ PORT_PROTOCOLS = Intervals((p, p) for p in ipset_save.PORT_PROTOCOLS.values())  
 DEFAULT_SCHEDULER = "rr"
 
 Endpoint = tuple[int, int]  # (address, port)
+HINTS = {  # the catalogue's fixes speak of iptables chains; these name what IPVS mode has instead
+    "KS202": "recompile and reload the node's IPVS table and ipsets; the witness names the rule, virtual server "
+             "or real server line at fault",
+    "KS203": "recompile and reload the node's IPVS table and ipsets; the witness names the rule, virtual server "
+             "or real server line at fault",
+    "KS204": "keep the service's virtual server without real servers (IPVS then answers ICMP port unreachable), "
+             "or give the service endpoints",
+    "KS205": "recompile and reload the node's IPVS table (ipvsadm-restore) and ipsets (ipset restore)",
+}
 
 
 # --- what kube-proxy must program on this node, from the spec ----------------------------------
@@ -305,20 +314,31 @@ def walker_table(table: ipvs_save.IpvsTable, family: int) -> chains.IpvsTable:
     """The virtual services of ``family`` (firewall-mark services aside) with their NAT real servers;
     a direct-routing or tunnelled real server never rewrites the destination, so it is left out."""
     servers = []
+    number = _Addresses()
     for vs in table.services:
         if vs.ip is None or vs.family != family or vs.protocol not in IPVS_PROTOCOLS:
             continue
-        real = tuple(chains.RealServer(int(ipaddress.ip_address(rs.ip)), rs.port, rs.weight, rs.line, rs.text)
+        real = tuple(chains.RealServer(number(rs.ip), rs.port, rs.weight, rs.line, rs.text)
                      for rs in vs.real_servers if rs.method == "masq")
-        servers.append(chains.VirtualServer(IPVS_PROTOCOLS[vs.protocol], int(ipaddress.ip_address(vs.ip)), vs.port,
-                                            vs.line, vs.text, real))
+        servers.append(chains.VirtualServer(IPVS_PROTOCOLS[vs.protocol], number(vs.ip), vs.port, vs.line, vs.text,
+                                            real))
     return chains.IpvsTable(servers, table.name)
+
+
+class _Addresses(dict):
+    """Address text -> number, remembered (an endpoint is a real server of many virtual servers)."""
+
+    def __call__(self, text: str) -> int:
+        value = self.get(text)
+        if value is None:
+            value = self[text] = int(ipaddress.ip_address(text))
+        return value
 
 
 class SetResolver:
     """``--match-set NAME DIRS`` -> :class:`~kspec.verify.chains.Membership`, from an ``ipset save`` dump.
 
-    None (the match stays opaque, so a proof through it is UNKNOWN) for a set the
+    A reason instead (the match stays opaque, so a proof through it is UNKNOWN) for a set the
     dump lacks, a dimension kspec does not model (mac, mark, iface, list:set),
     ``nomatch`` entries or portless protocols; fewer directions than the set has
     dimensions, or a set of the other family, never match, as in the kernel.
@@ -327,24 +347,28 @@ class SetResolver:
     def __init__(self, sets: ipset_save.IpSets, family: int) -> None:
         self.sets = sets
         self.family = family
-        self._cache: dict[tuple[str, tuple[str, ...]], Membership | None] = {}
+        self._cache: dict[tuple[str, tuple[str, ...]], Membership | str] = {}
 
-    def __call__(self, name: str, directions: tuple[str, ...]) -> Membership | None:
+    def __call__(self, name: str, directions: tuple[str, ...]) -> Membership | str:
         key = (name, directions)
         if key not in self._cache:
             ipset = self.sets.sets.get(name)
-            self._cache[key] = None if ipset is None else membership(ipset, directions, self.family)
+            self._cache[key] = f"{self.sets.name} has no set {name}" if ipset is None else \
+                membership(ipset, directions, self.family)
         return self._cache[key]
 
 
-def membership(ipset: ipset_save.IpSet, directions: Sequence[str], family: int) -> Membership | None:
+def membership(ipset: ipset_save.IpSet, directions: Sequence[str], family: int) -> Membership | str:
+    """The set as a Membership, or why kspec cannot decide it."""
     dims = ipset.dimensions
     if any(d not in ("src", "dst") for d in directions):
-        return None
+        return f"direction flags {','.join(directions)} are not src/dst"
     if len(directions) < len(dims) or (ipset.family is not None and ipset.family != family):
         return Membership((DST,), ())
-    if any(e.nomatch for e in ipset.entries) or any(d not in ("ip", "net", "port") for d in dims):
-        return None
+    if any(e.nomatch for e in ipset.entries):
+        return f"set {ipset.name} has nomatch entries"
+    if any(d not in ("ip", "net", "port") for d in dims):
+        return f"kspec does not model {ipset.type} sets"
     bits = 32 if family == 4 else 128
     netmask = ipset.option("netmask")
     fields: list[int] = []
@@ -367,7 +391,7 @@ def membership(ipset: ipset_save.IpSet, directions: Sequence[str], family: int) 
             else:
                 proto, number = value
                 if not isinstance(number, int):
-                    return None  # icmp:type/code entries
+                    return f"set {ipset.name} has an {number} entry of a portless protocol"
                 parts += [Intervals.point(proto), Intervals.point(number)]
         members.append(parts)
     if len(dims) == 1 and members:  # one dimension: the members are one product of unions
@@ -468,15 +492,17 @@ def check_node_ipvs(cluster: ResolvedCluster, node: Node, iptables_text: str, ip
         problems += rule_problems + route_problems
         checked["KS201"] += questions + routes_checked
     elapsed = time.perf_counter() - start
-    return [pi._verdict(i, [p for p in problems if p.invariant == i], checked.get(i, 0), subjects.get(i, ()),
-                        elapsed / len(wanted)) for i in wanted]
+    verdicts = [pi._verdict(i, [p for p in problems if p.invariant == i], checked.get(i, 0), subjects.get(i, ()),
+                            elapsed / len(wanted)) for i in wanted]
+    return [replace(v, findings=tuple(replace(f, hint=HINTS[v.invariant]) for f in v.findings))
+            if v.invariant in HINTS else v for v in verdicts]
 
 
 def _bound_addresses(resolver: SetResolver, table: ipvs_save.IpvsTable, node: Node, family: int) -> Intervals:
     """The addresses on kube-ipvs0: kube-proxy keeps KUBE-IPVS-IPS equal to them; without that set,
     the virtual services' addresses that are not the node's own."""
     found = resolver(names.set_name(names.IPVS_IPS, family), ("dst",))
-    if found is not None and found.fields == (DST,):
+    if isinstance(found, Membership) and found.fields == (DST,):
         return Intervals(span for m in found.members for span in m[0].spans)
     own = {int(ip) for ip in node.ips if ip.version == family}
     return Intervals((a, a) for vs in table.services if vs.ip is not None and vs.family == family
@@ -577,13 +603,16 @@ def _answer(state: _Node, q: _Question) -> list[pi._Problem]:
 def _mismatch(state: _Node, leaf: Leaf, expect: Expect) -> tuple[tuple, str, chains.Step | None] | None:
     """None when the leaf is what ``expect`` allows, else (key, what happened, the deciding step)."""
     ctx = state.ctx
-    step = _deciding(leaf)
     if leaf.verdict == "UNKNOWN":
-        return ("unknown-target",), "meets a target kspec does not model", step
+        return ("unknown-target",), "meets a target kspec does not model", _deciding(leaf)
     if leaf.dnat is not None:
         addr, port = leaf.dnat
         if type(addr) is not int or type(port) is not int:
-            return ("range",), f"is rewritten to the range {chains.dnat_text(leaf.dnat, ctx.family)}", step
+            return ("range",), f"is rewritten to the range {chains.dnat_text(leaf.dnat, ctx.family)}", _deciding(leaf)
+        if expect.dnat and (addr, port) in expect.endpoints and leaf.verdict == "ACCEPT" and (
+                addr in ctx.local or expect.masquerade is None or (leaf.snat is not None) == expect.masquerade):
+            return None  # the common case, decided before any text is made
+        step = _deciding(leaf)
         target = ctx.endpoint_text((addr, port))
         if not expect.dnat:
             return ("dnat-instead", target), f"is rewritten to {target} instead of being {pi._verb(expect.refuse)}", \
@@ -603,6 +632,7 @@ def _mismatch(state: _Node, leaf: Leaf, expect: Expect) -> tuple[tuple, str, cha
             return ("masq",), (f"is masqueraded ({leaf.snat}), losing the client address that "
                                "externalTrafficPolicy Local must keep"), step
         return None
+    step = _deciding(leaf)
     if leaf.verdict == "ACCEPT":
         local = type(leaf.v[DST]) is int and leaf.v[DST] in ctx.local
         if local:
@@ -636,11 +666,16 @@ def _leaf_problem(state: _Node, q: _Question, leaf: Leaf, part: Intervals, key: 
                   step: chains.Step | None, expect: Expect, bad: list) -> pi._Problem:
     ctx = state.ctx
     packet = pi._packet(ctx, q, part, leaf)
-    trace_text, unknown = pi._replay(ctx, q.origin, q.iif, packet, leaf)
+    trace, unknown = _replay(ctx, q.origin, q.iif, packet, leaf)
+    masquerade = key[0] in ("masq", "no-masq")
+    # a masquerade decision is taken by marks set early: show every rule, and the ipset match that decided
+    trace_text = trace.render() if masquerade else pi.witness_text(trace)
     message = f"{pi._about(ctx, q)} {text}"
     if expect.dnat:
         message += f" (expected one of {pi._endpoint_list(ctx, expect.endpoints)})"
     extra = [state.location(step)] if step is not None else []
+    if masquerade:
+        extra += [state.location(s) for s in trace.steps if s.table == "nat" and "--match-set" in s.text][-1:]
     if key[0] == "unchanged" and q.spec.targets:
         extra += _missing_server_hint(state, q)
     if not unknown and leaf.verdict == "UNKNOWN":
@@ -652,6 +687,18 @@ def _leaf_problem(state: _Node, q: _Question, leaf: Leaf, part: Intervals, key: 
         if not pi.covers(same):
             unknown = pi._opaque_reason(leaf.opaque_list(), leaf)
     return pi._problem(ctx, q, key, message, f"{packet}: {trace_text}", extra, unknown)
+
+
+def _replay(ctx: pi._Context, origin: str, iif: str | None, packet: chains.Packet, leaf: Leaf
+            ) -> tuple[chains.Trace, str]:
+    """Replay a leaf concretely: (its trace, a problem if the replay disagrees with the walk)."""
+    decisions = [value for _, _, value in leaf.pick_list()]
+    trace = chains.trace_packet(ctx.program, chains.Hooks(origin, (), iif), packet, decisions)
+    expected = chains.dnat_text(leaf.dnat, ctx.family)
+    if trace.verdict != leaf.verdict or trace.dnat != expected or trace.snat != leaf.snat:
+        return trace, (f"internal check failed: replaying {packet} gave {trace.verdict} {trace.dnat or ''}, the walk "
+                       f"said {leaf.verdict} {expected or ''}")
+    return trace, ""
 
 
 def _missing_server_hint(state: _Node, q: _Question) -> list[Location]:
@@ -839,10 +886,10 @@ def _set_members(state: _Node) -> tuple[list[pi._Problem], int]:
     plan, text = state.plan, state.ipset_text
     kernel = set_names(plan.family)
     types = {kernel[info.name]: info.type for info in names.IPSETS}
-    anywhere: dict[tuple, SetMember] = {}
-    for members in plan.sets.values():
+    anywhere: dict[tuple, tuple[str, SetMember]] = {}
+    for set_name, members in plan.sets.items():
         for key, item in members.items():
-            anywhere.setdefault(key, item)
+            anywhere.setdefault(key, (set_name, item))
     problems: list[pi._Problem] = []
     count = 0
     for name, expected in plan.sets.items():
@@ -871,8 +918,8 @@ def _set_members(state: _Node) -> tuple[list[pi._Problem], int]:
         for key, entry in present.items():
             if key in expected:
                 continue
-            owner = anywhere.get(key)
-            detail = f"; it belongs in another set ({owner.owner.label} {owner.owner.port_label})" \
+            other, owner = anywhere.get(key, ("", None))
+            detail = f"; the spec has it in {other} only ({owner.owner.label} {owner.owner.port_label})" \
                 if owner is not None and owner.owner is not None else ": no service port of the spec has it"
             problems.append(_problem205(("extra-member", name, entry.line), f"member {entry.text} of ipset {name} at "
                                         f"{text.name}:{entry.line} is not in the spec's service map{detail}",
