@@ -123,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify_parser.add_argument("--list", action="store_true", help="print the invariant catalogue and exit")
     verify_parser.add_argument("--node", action="append", metavar="NAME",
                                help="check the rules of this node (repeatable; default all nodes)")
-    verify_parser.add_argument("--rules", action="append", metavar="NODE=PATH",
-                               help="verify this rule dump (iptables-save, or a compiled file) for NODE")
+    verify_parser.add_argument("--rules", action="append", metavar="NODE[:KIND]=PATH",
+                               help="verify this dump for NODE instead of the compiled rules; KIND is iptables "
+                               "(default: iptables-save or a compiled iptables.rules), ip6tables, ipvs "
+                               "(ipvsadm-save -n), ipset (ipset save) or routes")
     verify_parser.add_argument("--format", choices=("text", "json", "sarif", "junit"), default="text")
     verify_parser.add_argument("--output", metavar="FILE", help="write the report to FILE")
     verify_parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",

@@ -500,8 +500,8 @@ class Program:
             return (OPAQUE, f"-m set {opt.text()}")
         name, directions = opt.values
         membership = self.sets(name, tuple(directions.split(",")))
-        if not isinstance(membership, Membership):  # None, or why the set cannot be read
-            return (OPAQUE, f"-m set {opt.text()}" + (f" ({membership})" if membership else ""))
+        if not isinstance(membership, Membership):  # None, or why the set cannot be read (the caller's to tell)
+            return (OPAQUE, f"-m set {opt.text()}")
         return (MEMBER, membership, opt.negated, f"{'! ' if opt.negated else ''}--match-set {name} {directions}")
 
     def _target(self, rule: Rule) -> tuple[int, object, str]:

@@ -45,6 +45,7 @@ what kspec cannot decide is UNKNOWN with the reason, never PROVED.
 from __future__ import annotations
 
 import ipaddress
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
@@ -159,6 +160,20 @@ def set_names(family: int) -> dict[str, str]:
 
 
 def plan_node(cluster: ResolvedCluster, node: Node, family: int) -> NodePlan:
+    """What kube-proxy's IPVS proxier programs on ``node`` for ``family``, read from the spec.
+
+    The verifier's own reading of pkg/proxy/ipvs/proxier.go (syncProxyRules,
+    syncEndpoint) and CategorizeEndpoints, kept apart from
+    :mod:`kspec.backends.ipvs` on purpose, so a compiler bug is a KS205
+    finding, not a tautology. Per service port (headless and ExternalName
+    services have none): a virtual server on the cluster IP with the internal
+    real servers, and on every external IP, load-balancer IP and node-port
+    address with the external ones; scheduler the service's, else the
+    cluster's, else rr; ``-p TIMEOUT`` for sessionAffinity ClientIP; and the
+    ipset members kube-proxy adds for it, keyed like ipset_save's entries.
+    Where two ports claim one virtual server the first in (namespace, name)
+    order keeps it, as the compiler does.
+    """
     kernel = set_names(family)
     result = NodePlan(family, [], {}, {kernel[n]: {} for n in kernel}, set())
     port_ips = node_port_addresses(node, cluster.settings.proxy.nodeport_addresses, family)
@@ -265,7 +280,15 @@ def _add_port(cluster: ResolvedCluster, node: Node, svc: Service, port: ServiceP
 
 def select_endpoints(backends: Iterable[Backend], node: str, internal_local: bool, external_local: bool,
                      accessible: bool) -> tuple[dict[Endpoint, Backend], frozenset, frozenset, bool]:
-    """(endpoints by ip:port, internal real servers, external real servers, any usable endpoint anywhere)."""
+    """(endpoints by ip:port, internal real servers, external real servers, any usable endpoint anywhere).
+
+    kube-proxy's selection: the ready endpoints, else the serving-and-terminating
+    ones; for a Local policy this node's own (ready, else serving-and-terminating)
+    and, when the node has none, the cluster ones (syncEndpoint's fallback, PR
+    97081), which are empty for internalTrafficPolicy Local on a port nothing
+    outside the cluster reaches (CategorizeEndpoints computes them only when some
+    traffic uses the Cluster policy).
+    """
     unique: dict[Endpoint, Backend] = {}
     for b in backends:  # one endpoint per ip:port, the copy on this node if there is one
         key = (int(b.ip), b.port)
@@ -356,6 +379,18 @@ class SetResolver:
             self._cache[key] = f"{self.sets.name} has no set {name}" if ipset is None else \
                 membership(ipset, directions, self.family)
         return self._cache[key]
+
+
+    def explain(self, reason: str) -> str:
+        """An undecided outcome's reason, with why the set match it names could not be decided."""
+        found = _SET_MATCH.search(reason)
+        if found is None:
+            return reason
+        why = self(found.group(1), tuple(found.group(2).split(",")))
+        return reason if isinstance(why, Membership) else f"{reason} ({why})"
+
+
+_SET_MATCH = re.compile(r"--match-set (\S+) (\S+?)\)")
 
 
 def membership(ipset: ipset_save.IpSet, directions: Sequence[str], family: int) -> Membership | str:
@@ -491,6 +526,9 @@ def check_node_ipvs(cluster: ResolvedCluster, node: Node, iptables_text: str, ip
         route_problems, routes_checked = pi._pod_routes(ctx)
         problems += rule_problems + route_problems
         checked["KS201"] += questions + routes_checked
+    for problem in problems:
+        if problem.unknown:
+            problem.unknown = resolver.explain(problem.unknown)
     elapsed = time.perf_counter() - start
     verdicts = [pi._verdict(i, [p for p in problems if p.invariant == i], checked.get(i, 0), subjects.get(i, ()),
                             elapsed / len(wanted)) for i in wanted]
@@ -529,6 +567,10 @@ class _Question:
 
 
 def _questions(state: _Node, spec: PortPlan, wanted: set[str]) -> Iterable[_Question]:
+    """Per virtual server of the port: packets from outside (not to a cluster IP), from the node's pods and
+    from the node itself, each expected to reach exactly its real servers (outside clients masqueraded
+    unless externalTrafficPolicy is Local) or, without real servers, to be rejected; sources outside
+    loadBalancerSourceRanges are dropped."""
     ctx = state.ctx
     node = ctx.node.name
     for target in spec.targets:
@@ -553,7 +595,7 @@ def _questions(state: _Node, spec: PortPlan, wanted: set[str]) -> Iterable[_Ques
             # the node's own packets to a local address leave from that address (a VIP on kube-ipvs0):
             # kube-proxy marks them for masquerade, and only they meet KUBE-IPVS-OUT-FILTER
             own = Intervals.point(target.addr)
-            if fenced and not spec.node_in_ranges:
+            if fenced and not spec.node_in_ranges and target.servers:  # (an empty virtual server rejects first)
                 node_regions.append((own, Expect(refuse="DROP")))
             elif internal and target.servers:
                 node_regions.append((own, Expect(target.servers, masquerade=True)))
@@ -612,11 +654,13 @@ def _mismatch(state: _Node, leaf: Leaf, expect: Expect) -> tuple[tuple, str, cha
         if expect.dnat and (addr, port) in expect.endpoints and leaf.verdict == "ACCEPT" and (
                 addr in ctx.local or expect.masquerade is None or (leaf.snat is not None) == expect.masquerade):
             return None  # the common case, decided before any text is made
+        if not expect.dnat and leaf.verdict == expect.refuse:
+            return None  # refused after IPVS chose a real server (KUBE-IPVS-OUT-FILTER): refused all the same
         step = _deciding(leaf)
         target = ctx.endpoint_text((addr, port))
         if not expect.dnat:
-            return ("dnat-instead", target), f"is rewritten to {target} instead of being {pi._verb(expect.refuse)}", \
-                step
+            return ("dnat-instead", target), f"is rewritten to {target} and {pi._verb(leaf.verdict)} instead of " \
+                f"being {pi._verb(expect.refuse)}", step
         if (addr, port) not in expect.endpoints:
             return ("bad-dnat", target), f"is rewritten to {target}, which is not a usable endpoint", step
         if leaf.verdict != "ACCEPT":
@@ -703,8 +747,7 @@ def _replay(ctx: pi._Context, origin: str, iif: str | None, packet: chains.Packe
 
 def _missing_server_hint(state: _Node, q: _Question) -> list[Location]:
     """Where the virtual server that should have taken the packet is (or should be): its line, if any."""
-    key = (IPVS_PROTOCOLS.get(q.spec.proto_name, q.spec.proto), q.dst, q.dport)
-    vs = state.ctx.program.ipvs.servers.get(key)
+    vs = state.ctx.program.ipvs.servers.get((q.spec.proto, q.dst, q.dport))
     return [state.ipvs_text.location(vs.line, "virtual server")] if vs is not None else []
 
 
@@ -812,7 +855,7 @@ def _virtual_servers(state: _Node) -> list[pi._Problem]:
         vs = found.get(key)
         if vs is None:
             flag = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}[spec.proto_name]
-            address = pi_endpoint(target.addr, target.port, family)
+            address = endpoint_text((target.addr, target.port), family)
             line = f"-A {flag} {address} -s {spec.scheduler}" + (f" -p {spec.persistence}" if spec.persistence
                                                                  is not None else "")
             problems.append(_problem205(("missing-vs",) + key, f"no virtual server {spec.proto_name.upper()} {address} "
@@ -822,10 +865,6 @@ def _virtual_servers(state: _Node) -> list[pi._Problem]:
             continue
         problems += _server_details(state, spec, target, vs)
     return problems
-
-
-def pi_endpoint(addr: int, port: int, family: int) -> str:
-    return endpoint_text((addr, port), family)
 
 
 def _server_details(state: _Node, spec: PortPlan, target: Target, vs: ipvs_save.VirtualService
@@ -912,7 +951,7 @@ def _set_members(state: _Node) -> tuple[list[pi._Problem], int]:
         for key, item in expected.items():
             if key not in present:
                 problems.append(_problem205(("missing-member", name, key), f"ipset {name} ({text.name}:{ipset.line}) "
-                                            f"lacks {item.text}{_member_role(name, item)}",
+                                            f"lacks {item.text}{_member_role(item)}",
                                             (text.location(ipset.line, "ipset"),),
                                             f"expected in {text.name}: add {name} {item.text}", item.owner))
         for key, entry in present.items():
@@ -928,7 +967,7 @@ def _set_members(state: _Node) -> tuple[list[pi._Problem], int]:
     return problems, count
 
 
-def _member_role(name: str, item: SetMember) -> str:
+def _member_role(item: SetMember) -> str:
     if item.owner is None:
         return ""
     return f" ({item.owner.label} {item.owner.port_label})"
