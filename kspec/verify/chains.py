@@ -324,7 +324,7 @@ class CChain:
             for f in _pinned_fields(cr):
                 counts[f] += 1
         best = max(counts, key=lambda f: (counts[f], f == DST))
-        if counts[best] * 2 < len(self.rules):
+        if counts[best] * 4 < len(self.rules):
             return
         self.field = best
         for pos, cr in enumerate(self.rules):
@@ -363,9 +363,14 @@ class CChain:
 
 
 def _pinned_fields(cr: CRule) -> Iterable[int]:
+    """Fields this rule pins to one value (the index prefers them: a point is a dict lookup,
+    a range must be tested, and e.g. KUBE-EXTERNAL-SERVICES holds hundreds of rules whose
+    destination is the same range, the node's own addresses, but whose ports differ)."""
     for atom in cr.atoms:
         if atom[0] == SET and not atom[3] and atom[1] in (DST, DPORT):
-            yield atom[1]
+            spans = atom[2].spans
+            if len(spans) == 1 and spans[0][0] == spans[0][1]:
+                yield atom[1]
 
 
 class Program:
