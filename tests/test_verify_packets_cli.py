@@ -92,3 +92,17 @@ def test_ipvs_dump_kinds_are_checked_on_the_command_line(tmp_path):
     assert code == 2 and "kube-proxy mode is iptables" in err
     code, _, err = run("verify", MULTI, "--rules", f"worker-a:ipset={tmp_path / 'missing'}", "--only", "KS205")
     assert code == 2 and "cannot read the rule dump" in err and "ipset save" in err
+
+
+def test_timeout_gives_exit_3_and_a_larger_one_decides(tmp_path):
+    out_dir = tmp_path / "out"
+    assert run("compile", EXPLAINER, "-o", str(out_dir), "-q")[0] == 0
+    text = (out_dir / "nodes" / "node-1" / "iptables.rules").read_text()
+    dump = tmp_path / "node-1.rules"
+    dump.write_text(text.replace("-A POSTROUTING -m comment",
+                                 "-A POSTROUTING -s 10.244.0.0/16 -d 10.244.2.0/25 -j MASQUERADE\n"
+                                 "-A POSTROUTING -m comment", 1))
+    code, out, _ = run("verify", EXPLAINER, "--rules", f"node-1={dump}", "--only", "KS201", "--timeout", "0.00001")
+    assert code == 3 and "KS201 UNKNOWN" in out and "raise --timeout" in out
+    code, out, _ = run("verify", EXPLAINER, "--rules", f"node-1={dump}", "--only", "KS201")
+    assert code == 1 and "KS201 VIOLATED" in out and "MASQUERADE" in out
