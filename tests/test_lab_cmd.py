@@ -21,8 +21,11 @@ from kspec.cli import UsageError, _Parser, flags_from
 from kspec.commands import lab_cmd
 from kspec.compile import compile_cluster
 from kspec.frontend.assemble import Flags
-from kspec.lab import command, state
-from kspec.lab.command import Check, Expected, HostNetwork, ProbeOptions, Report
+from kspec.lab import command, expect, hostnet, state
+from kspec.lab import report as lab_report
+from kspec.lab.expect import Check, Expected, ProbeOptions
+from kspec.lab.hostnet import HostNetwork
+from kspec.lab.report import Report
 from kspec.lab.netns import LabUnavailable, check_environment, list_namespaces
 from kspec.lab.probe import ProbeResult
 from kspec.model import (
@@ -77,7 +80,7 @@ def lab_cluster() -> ResolvedCluster:
 
 def test_expectations_of_the_example_lab(lab_cluster):
     plan = command.lab_plan(lab_cluster, "ks-test-pure-")
-    exp = command.expectations(lab_cluster, plan, ProbeOptions(tries=12, pods_per_node=1))
+    exp = expect.expectations(lab_cluster, plan, ProbeOptions(tries=12, pods_per_node=1))
     assert [(r.where, r.port, r.proto) for r in exp.responders] == [
         ("pod/default/frontend", 80, "tcp"), ("pod/default/search-1", 8080, "tcp"),
         ("pod/default/search-2", 8080, "tcp"), ("pod/default/search-3", 8080, "tcp")]
@@ -148,7 +151,7 @@ def test_internal_local_affinity_fallback_host_network_and_skips():
     }
     cluster = _cluster((local, sticky, draining, host, manual, sctp, v6), endpoints)
     plan = command.lab_plan(cluster, "ks-test-pure-", allow_any_addresses=True)
-    exp = command.expectations(cluster, plan, ProbeOptions(tries=6, pods_per_node=1))
+    exp = expect.expectations(cluster, plan, ProbeOptions(tries=6, pods_per_node=1))
     checks = {(c.client, c.target): c for c in exp.checks}
     assert checks[("pod/default/a", "default/local:http")].expected == Expected("timeout")  # no endpoint on n1
     assert checks[("node/n2", "default/local:http")].expected == Expected("ok", ("default/b",))
@@ -167,7 +170,7 @@ def test_node_port_addresses_and_masquerade_all_change_the_expectations():
     svc = _service("np", "198.18.128.10", port, type="NodePort")
     proxy = ProxySettings(masquerade_all=True, nodeport_addresses=(N("198.18.0.11/32"),))
     cluster = _cluster((svc,), _eps(svc, _backend("198.19.2.10", 8080, "n2", "b")), proxy=proxy)
-    exp = command.expectations(cluster, command.lab_plan(cluster, "ks-test-pure-"), ProbeOptions())
+    exp = expect.expectations(cluster, command.lab_plan(cluster, "ks-test-pure-"), ProbeOptions())
     by_ip = {c.ip: c.expected for c in exp.checks if c.kind == "node-port"}
     assert by_ip["198.18.0.11"].outcome == "ok" and by_ip["198.18.0.12"] == Expected("refused")
     assert all(c.expected.source is None for c in exp.checks if c.kind == "cluster-ip")
@@ -199,7 +202,7 @@ ROUTE_JSON = json.dumps([
 
 
 def test_host_networks_are_read_from_ip_json_without_default_routes():
-    found = command.parse_host_networks(ADDR_JSON, ROUTE_JSON)
+    found = hostnet.parse_host_networks(ADDR_JSON, ROUTE_JSON)
     assert [str(h.network) for h in found] == ["127.0.0.0/8", "198.19.4.0/24", "fd00::/64", "198.19.4.0/24",
                                               "10.0.0.0/8"]
     assert found[1].what == "address 198.19.4.7/24 on eth0"
@@ -208,15 +211,15 @@ def test_host_networks_are_read_from_ip_json_without_default_routes():
 
 def test_spec_addresses_overlapping_a_host_network_are_refused_with_the_host_network_named(lab_cluster):
     plan = command.lab_plan(lab_cluster, "ks-test-pure-")
-    problems = command.host_overlaps(lab_cluster, plan, command.parse_host_networks(ADDR_JSON, ROUTE_JSON))
+    problems = hostnet.host_overlaps(lab_cluster, plan, hostnet.parse_host_networks(ADDR_JSON, ROUTE_JSON))
     messages = [d.message for d in problems]
     assert "node node-4 podCIDR 198.19.4.0/24 overlaps the host's address 198.19.4.7/24 on eth0" in messages
     assert any(m.startswith("cluster pod CIDR 198.19.0.0/16 overlaps the host's route 198.19.4.0/24") for m in messages)
     assert any("pod default/frontend 198.19.4.10/32" in m for m in messages)
     assert all(d.is_error and d.hint for d in problems)
     assert next(d for d in problems if "node-4" in d.message).span.file.endswith("cluster.kspec")
-    unrelated = command.parse_host_networks(ADDR_JSON.replace("198.19.4.7", "192.0.2.2"), "[]")
-    assert command.host_overlaps(lab_cluster, plan, unrelated) == []
+    unrelated = hostnet.parse_host_networks(ADDR_JSON.replace("198.19.4.7", "192.0.2.2"), "[]")
+    assert hostnet.host_overlaps(lab_cluster, plan, unrelated) == []
 
 
 def test_prepare_refuses_host_overlaps_and_ipvs(lab_cluster):
@@ -224,7 +227,7 @@ def test_prepare_refuses_host_overlaps_and_ipvs(lab_cluster):
 
     from kspec.diagnostics import InputError
 
-    host = command.parse_host_networks(ADDR_JSON, ROUTE_JSON)
+    host = hostnet.parse_host_networks(ADDR_JSON, ROUTE_JSON)
     with pytest.raises(InputError):
         command.prepare(lab_cluster, compile_cluster(lab_cluster), "test-pure", host=host)
     ipvs = replace(lab_cluster, settings=replace(lab_cluster.settings,
@@ -247,39 +250,40 @@ TIMEOUT = ProbeResult(False, False, True, None, None, None, "timed out")
 
 
 def test_judge_names_what_differs():
-    good = command.judge(CHECK, [ok(SEARCH[0]), ok(SEARCH[1]), ok(SEARCH[0]), ok(SEARCH[2])])
+    good = lab_report.judge(CHECK, [ok(SEARCH[0]), ok(SEARCH[1]), ok(SEARCH[0]), ok(SEARCH[2])])
     assert good.ok and good.responders == ((SEARCH[0], 2), (SEARCH[1], 1), (SEARCH[2], 1))
-    assert command.judge(CHECK, [ok(SEARCH[0])] * 4).problem == \
+    assert lab_report.judge(CHECK, [ok(SEARCH[0])] * 4).problem == \
         "only 1 distinct responder(s) in 4 tries, expected at least 2"
-    stranger = command.judge(CHECK, [ok(SEARCH[0]), ok("default/frontend")])
+    stranger = lab_report.judge(CHECK, [ok(SEARCH[0]), ok("default/frontend")])
     assert stranger.problem == "answered by default/frontend, which is not expected"
     assert "source 198.18.0.11 instead of 198.19.1.20" in \
-        command.judge(CHECK, [ok(SEARCH[0]), ok(SEARCH[1], "198.18.0.11")]).problem
-    mixed = command.judge(CHECK, [ok(SEARCH[0]), TIMEOUT])
+        lab_report.judge(CHECK, [ok(SEARCH[0]), ok(SEARCH[1], "198.18.0.11")]).problem
+    mixed = lab_report.judge(CHECK, [ok(SEARCH[0]), TIMEOUT])
     assert mixed.problem == "dropped (timeout) x1 where ok was expected"
     assert mixed.observed_text() == "ok x1: default/search-1 x1; source 198.19.1.20; dropped (timeout) x1"
     refused = Check("no-endpoints", "KS204", "node/n1", "default/r:http", "198.18.128.13", 80, "tcp", 1,
                     Expected("refused"))
-    assert command.judge(refused, [ProbeResult(False, True, False, None, None, None)]).ok
-    assert not command.judge(refused, [TIMEOUT]).ok
-    assert command.judge(refused, [], "exit 1: boom").problem == "the probe client failed: exit 1: boom"
+    assert lab_report.judge(refused, [ProbeResult(False, True, False, None, None, None)]).ok
+    assert not lab_report.judge(refused, [TIMEOUT]).ok
+    assert lab_report.judge(refused, [], "exit 1: boom").problem == "the probe client failed: exit 1: boom"
 
 
 def test_reports_render_as_a_table_and_as_stable_json():
-    verdicts = (command.judge(CHECK, [ok(SEARCH[0]), ok(SEARCH[1])] * 2), command.judge(CHECK, [ok(SEARCH[0])] * 4))
+    verdicts = (lab_report.judge(CHECK, [ok(SEARCH[0]), ok(SEARCH[1])] * 2),
+                lab_report.judge(CHECK, [ok(SEARCH[0])] * 4))
     report = Report("test", "ks-test-", "one-shot", verdicts, ("a note",), 1.0)
-    text = command.render_text(report)
+    text = lab_report.render_text(report)
     header, first, second = text.splitlines()[:3]
     assert header.split() == ["CHECK", "FROM", "TO", "EXPECTED", "OBSERVED", "OK"]
     assert first.endswith("  ok") and second.endswith("DIFFERS")
     assert "differs: cluster-ip (KS202) from pod/default/batch to default/search:http 198.18.128.10:80/tcp: " \
         "only 1 distinct responder(s) in 4 tries, expected at least 2" in text
     assert "note: a note" in text and text.endswith("2 checks, 1 as expected, 1 differ\n")
-    assert "ok  " not in command.render_text(report, only_differing=True).splitlines()[1]
+    assert "ok  " not in lab_report.render_text(report, only_differing=True).splitlines()[1]
     calm = Report("test", "ks-test-", "running", verdicts[:1], (), 1.0)
-    assert command.render_text(calm, only_differing=True) == \
+    assert lab_report.render_text(calm, only_differing=True) == \
         "kspec lab probe: lab test (running): 1 check, 1 as expected, 0 differ\n"
-    data = json.loads(command.render_json(report))
+    data = json.loads(lab_report.render_json(report))
     assert set(data) == {"version", "lab", "checks", "notes", "summary"}
     assert data["summary"] == {"checks": 2, "ok": 1, "differ": 1, "exitCode": 1}
     first_check = data["checks"][0]
@@ -287,7 +291,7 @@ def test_reports_render_as_a_table_and_as_stable_json():
                                 "expected", "observed", "ok", "problem"}
     assert first_check["expected"]["responders"] == list(SEARCH) and first_check["observed"]["responders"] == \
         {SEARCH[0]: 2, SEARCH[1]: 2}
-    assert command.render_json(report) == command.render_json(report)
+    assert lab_report.render_json(report) == lab_report.render_json(report)
 
 
 def test_probe_lines_round_trip():
@@ -329,7 +333,7 @@ def test_usage_errors_exit_2():
 def test_the_hosts_networks_can_be_read():
     if shutil.which("ip") is None:
         pytest.skip("iproute2 is not installed")
-    assert any(h.network == N("127.0.0.0/8") for h in command.read_host_networks())
+    assert any(h.network == N("127.0.0.0/8") for h in hostnet.read_host_networks())
 
 
 def test_not_root_exits_2_with_a_hint(monkeypatch):

@@ -17,7 +17,7 @@ from kspec.commands import trace_cmd
 from kspec.commands.trace_cmd import result_data
 from kspec.compile import compile_cluster
 from kspec.frontend.assemble import Flags
-from kspec.lab import command as lab_command
+from kspec.lab import command as lab_command, expect as lab_expect
 from kspec.pipeline import load
 from kspec.trace import TraceError, classify, trace
 from kspec.verify.packet_invariants import check_node
@@ -130,7 +130,7 @@ def test_outside_to_node_ports_agree_with_the_lab_expectations():
     cluster = cluster_of(LAB)
     lab = lab_command.lab_plan(cluster, "ks-trace-")
     outside = str(lab.outside.ip.ip)
-    checks = [c for c in lab_command.expectations(cluster, lab).checks if c.kind == "node-port"]
+    checks = [c for c in lab_expect.expectations(cluster, lab).checks if c.kind == "node-port"]
     assert checks
     for check in checks:
         result = trace(cluster, outside, f"{check.ip}:{check.port}/{check.proto}")
@@ -156,7 +156,7 @@ def test_every_lab_check_is_what_the_trace_says():
     cluster = cluster_of(LAB)
     lab = lab_command.lab_plan(cluster, "ks-trace-")
     outside = str(lab.outside.ip.ip)
-    for check in lab_command.expectations(cluster, lab).checks:
+    for check in lab_expect.expectations(cluster, lab).checks:
         source = outside if check.client == "outside" else check.client
         result = trace(cluster, source, f"{check.ip}:{check.port}/{check.proto}")
         expected = check.expected

@@ -15,7 +15,8 @@ from kspec.commands.check import print_diagnostics
 from kspec.compile import compile_cluster
 from kspec.diagnostics import InputError
 from kspec.frontend.assemble import Flags
-from kspec.lab import command, state
+from kspec.lab import command, report as lab_report, state
+from kspec.lab.expect import ProbeOptions
 from kspec.lab.netns import LabError, LabUnavailable, check_environment
 from kspec.pipeline import load
 
@@ -35,7 +36,7 @@ exit codes: 0 every check observed as expected (up/down: done),
             1 some observation differs (probe), 2 input, usage or machine error
 """
 
-_DEFAULTS = command.ProbeOptions()
+_DEFAULTS = ProbeOptions()
 _ROOT_HINT = "run it as root (e.g. sudo kspec lab ...): it creates network namespaces and changes nothing outside them"
 _MACHINE_HINT = "the lab needs Linux, root, iproute2, iptables and br_netfilter"
 
@@ -95,22 +96,22 @@ def _fail(stderr: IO, action: str, message: str, hint: str) -> int:
     return 2
 
 
-def _options(args: argparse.Namespace) -> tuple[command.ProbeOptions, str | None]:
+def _options(args: argparse.Namespace) -> tuple[ProbeOptions, str | None]:
     tries = getattr(args, "tries", _DEFAULTS.tries)
     per_node = getattr(args, "pods_per_node", _DEFAULTS.pods_per_node)
     timeout = getattr(args, "timeout", _DEFAULTS.timeout)
     jobs = getattr(args, "jobs", _DEFAULTS.workers)
     if not 1 <= tries <= 1000:
-        return command.ProbeOptions(), "--tries must be between 1 and 1000"
+        return ProbeOptions(), "--tries must be between 1 and 1000"
     if not 0 <= per_node <= 100:
-        return command.ProbeOptions(), "--pods-per-node must be between 0 and 100"
+        return ProbeOptions(), "--pods-per-node must be between 0 and 100"
     if not 0.05 <= timeout <= 30:
-        return command.ProbeOptions(), "--timeout must be between 0.05 and 30 seconds"
+        return ProbeOptions(), "--timeout must be between 0.05 and 30 seconds"
     if not 1 <= jobs <= 64:
-        return command.ProbeOptions(), "--jobs must be between 1 and 64"
+        return ProbeOptions(), "--jobs must be between 1 and 64"
     if not 1 <= getattr(args, "lifetime", 1.0) <= 10 * 365 * 86400:
-        return command.ProbeOptions(), "--lifetime must be at least 1 second"
-    return command.ProbeOptions(tries, per_node, timeout, jobs), None
+        return ProbeOptions(), "--lifetime must be at least 1 second"
+    return ProbeOptions(tries, per_node, timeout, jobs), None
 
 
 def run(args: argparse.Namespace, flags: Flags | None, stdin: IO, stdout: IO, stderr: IO) -> int:
@@ -153,7 +154,7 @@ def _down(name: str, quiet: bool, stdout: IO, stderr: IO) -> int:
     return 0
 
 
-def _up_or_probe(action: str, name: str, args: argparse.Namespace, flags: Flags, options: command.ProbeOptions,
+def _up_or_probe(action: str, name: str, args: argparse.Namespace, flags: Flags, options: ProbeOptions,
                  stdin: IO, stdout: IO, stderr: IO) -> int:
     result = load(args.inputs, stdin, flags, args.lock)
     print_diagnostics(result.diagnostics, stderr, args.quiet)
@@ -183,9 +184,9 @@ def _up_or_probe(action: str, name: str, args: argparse.Namespace, flags: Flags,
                      f"kspec lab down --name {name}, then probe with --rules")
     report = command.probe_running(prep, record, options) if record is not None else command.probe_once(prep, options)
     if args.format == "json":
-        stdout.write(command.render_json(report))
+        stdout.write(lab_report.render_json(report))
     else:
-        stdout.write(command.render_text(report, only_differing=args.quiet))
+        stdout.write(lab_report.render_text(report, only_differing=args.quiet))
     return report.exit_code
 
 
