@@ -27,7 +27,6 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from kspec.backends import ipvs as ipvs_names
 from kspec.backends import routes as route_conventions
 from kspec.compile import node_files
 from kspec.dataplane import ipset_save, iptables_save, ipvs_save, routes_batch
@@ -35,8 +34,8 @@ from kspec.diagnostics import register_source
 from kspec.model import Node, Pod, ResolvedCluster, Service, ServicePort
 from kspec.verify import chains, ipvs_invariants
 from kspec.verify.chains import Hooks, Leaf, Packet, Program, Trace
-from kspec.verify.encode import DST, Intervals
-from kspec.verify.packet_invariants import node_hooks
+from kspec.verify.encode import Intervals
+from kspec.verify.node_context import node_hooks
 
 SPORT = 40000
 BRIDGE = route_conventions.BRIDGE
@@ -687,19 +686,9 @@ def _program(rules: NodeRules) -> Program:
     if rules.ipvs is None:
         return Program(rules.ruleset, local, bridged, BRIDGE)
     sets = ipvs_invariants.SetResolver(rules.ipsets or ipset_save.IpSets("<no ipsets>", {}), family)
-    return Program(rules.ruleset, local | _bound(rules, sets), bridged, BRIDGE, sets=sets,
+    bound = ipvs_invariants.bound_addresses(sets, rules.ipvs, node, family)
+    return Program(rules.ruleset, local | bound, bridged, BRIDGE, sets=sets,
                    ipvs=ipvs_invariants.walker_table(rules.ipvs, family), physdev=True)
-
-
-def _bound(rules: NodeRules, sets) -> Intervals:
-    """The addresses on kube-ipvs0 (the node's own): KUBE-IPVS-IPS, kept equal to them by kube-proxy, or
-    without that set the virtual services' addresses that are not the node's."""
-    found = sets(ipvs_names.set_name(ipvs_names.IPVS_IPS, rules.family), ("dst",))
-    if found is not None and found.fields == (DST,):
-        return Intervals(span for m in found.members for span in m[0].spans)
-    own = {int(ip) for ip in rules.node.ips if ip.version == rules.family}
-    return Intervals((a, a) for vs in rules.ipvs.services if vs.ip is not None and vs.family == rules.family
-                     for a in [int(ipaddress.ip_address(vs.ip))] if a not in own)
 
 
 def _agrees(leaf: Leaf) -> bool:

@@ -145,10 +145,10 @@ def lab_program():
     sets = ipset_save.parse(texts.ipset, "ipset.rules")
     resolver = SetResolver(sets, 4)
     from kspec.dataplane import ipvs_save
-    from kspec.verify.ipvs_invariants import _bound_addresses, walker_table
+    from kspec.verify.ipvs_invariants import bound_addresses, walker_table
 
     table = ipvs_save.parse(texts.ipvs, "ipvs.rules")
-    local = chains.local_intervals(["198.18.0.11", "198.19.1.1"], 4) | _bound_addresses(resolver, table, n, 4)
+    local = chains.local_intervals(["198.18.0.11", "198.19.1.1"], 4) | bound_addresses(resolver, table, n, 4)
     program = chains.Program(iptables_save.parse(texts.iptables, "iptables.rules"), local,
                              Intervals.of_network(ipaddress.ip_network("198.19.1.0/24")), "cbr0", sets=resolver,
                              ipvs=walker_table(table, 4), physdev=True)

@@ -72,12 +72,33 @@ from kspec.verify.encode import (
     member,
     universe,
 )
+from kspec.verify.findings import (
+    SPORT_WITNESS,
+    Problem,
+    backend_label,
+    build_verdict,
+    deciding_line,
+    describe_question,
+    endpoint_list,
+    endpoint_locations,
+    opaque_reason,
+    packet_values,
+    pod_key,
+    pod_problem,
+    service_problem,
+    verb,
+    witness_packet,
+    witness_preferences,
+    witness_text,
+)
+from kspec.verify.leaf_cover import as_set, covers, leaf_holds, uncovered_cells, union_of
+from kspec.verify.node_context import BRIDGE, NodeContext, node_hooks
 from kspec.verify.packet_invariants import Expect
+from kspec.verify.routes_check import pod_routes
 from kspec.verify.result import Location, Verdict
 from kspec.verify.spans import located, suppression
 
 PACKET_IDS = pi.PACKET_IDS
-BRIDGE = pi.BRIDGE
 PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 IPVS_PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132}
 PORT_PROTOCOLS = Intervals((p, p) for p in ipset_save.PORT_PROTOCOLS.values())  # what a port set can match
@@ -453,7 +474,7 @@ class _Text:
 class _Node:
     """One node's verification context: the iptables-mode context with the IPVS-aware walker, and the dumps."""
 
-    ctx: pi._Context
+    ctx: NodeContext
     plan: NodePlan
     table: ipvs_save.IpvsTable
     sets: ipset_save.IpSets
@@ -497,17 +518,17 @@ def check_node_ipvs(cluster: ResolvedCluster, node: Node, iptables_text: str, ip
         routes_name = routes_name or "<routes>"
         register_source(routes_name, routes_text)
         routes = routes_batch.parse(routes_text, routes_name)
-    ctx = pi._Context(cluster, node, ruleset, iptables_name, routes, routes_name, timeout)
+    ctx = NodeContext(cluster, node, ruleset, iptables_name, routes, routes_name, timeout)
     plan = plan_node(cluster, node, ctx.family)
     resolver = SetResolver(sets, ctx.family)
-    bound = _bound_addresses(resolver, table, node, ctx.family)
+    bound = bound_addresses(resolver, table, node, ctx.family)
     ctx.local = ctx.local | bound
-    hooks = pi.node_hooks(node, "pod", ctx.family, routes)
+    hooks = node_hooks(node, "pod", ctx.family, routes)
     bridged = Intervals.of_networks(ipaddress.ip_network(c) for c in hooks.bridged)
     ctx.program = Program(ruleset, ctx.local, bridged, BRIDGE, sets=resolver, ipvs=walker_table(table, ctx.family),
                           physdev=True)
     state = _Node(ctx, plan, table, sets, _Text(ipvs_name, ipvs_text), _Text(ipset_name, ipset_text))
-    problems: list[pi._Problem] = []
+    problems: list[Problem] = []
     subjects: dict[str, list[str]] = {i: [] for i in wanted}
     checked: dict[str, int] = dict.fromkeys(wanted, 0)
     per_service = {"KS202", "KS203", "KS204"} & set(wanted)
@@ -523,20 +544,20 @@ def check_node_ipvs(cluster: ResolvedCluster, node: Node, iptables_text: str, ip
         subjects["KS205"] += [spec.label for spec in plan.ports]
     if "KS201" in wanted:
         rule_problems, questions = _pod_to_pod(ctx)
-        route_problems, routes_checked = pi._pod_routes(ctx)
+        route_problems, routes_checked = pod_routes(ctx)
         problems += rule_problems + route_problems
         checked["KS201"] += questions + routes_checked
     for problem in problems:
         if problem.unknown:
             problem.unknown = resolver.explain(problem.unknown)
     elapsed = time.perf_counter() - start
-    verdicts = [pi._verdict(i, [p for p in problems if p.invariant == i], checked.get(i, 0), subjects.get(i, ()),
-                            elapsed / len(wanted)) for i in wanted]
+    verdicts = [build_verdict(i, [p for p in problems if p.invariant == i], checked.get(i, 0), subjects.get(i, ()),
+                              elapsed / len(wanted)) for i in wanted]
     return [replace(v, findings=tuple(replace(f, hint=HINTS[v.invariant]) for f in v.findings))
             if v.invariant in HINTS else v for v in verdicts]
 
 
-def _bound_addresses(resolver: SetResolver, table: ipvs_save.IpvsTable, node: Node, family: int) -> Intervals:
+def bound_addresses(resolver: SetResolver, table: ipvs_save.IpvsTable, node: Node, family: int) -> Intervals:
     """The addresses on kube-ipvs0: kube-proxy keeps KUBE-IPVS-IPS equal to them; without that set,
     the virtual services' addresses that are not the node's own."""
     found = resolver(names.set_name(names.IPVS_IPS, family), ("dst",))
@@ -545,6 +566,8 @@ def _bound_addresses(resolver: SetResolver, table: ipvs_save.IpvsTable, node: No
     own = {int(ip) for ip in node.ips if ip.version == family}
     return Intervals((a, a) for vs in table.services if vs.ip is not None and vs.family == family
                      for a in [int(ipaddress.ip_address(vs.ip))] if a not in own)
+
+
 
 
 # --- per service port: KS202 / KS203 / KS204 ----------------------------------------------------
@@ -614,23 +637,23 @@ def _fenced(src: Intervals, expect: Expect, ranges: Intervals | None) -> tuple[t
     return tuple(r for r in ((src & ranges, expect), (src - ranges, Expect(refuse="DROP"))) if r[0])
 
 
-def _answer(state: _Node, q: _Question) -> list[pi._Problem]:
+def _answer(state: _Node, q: _Question) -> list[Problem]:
     ctx = state.ctx
     fields = [q.src, q.dst, q.spec.proto, ctx.sports, q.dport]
     try:
         leaves = chains.explore(ctx.program, q.origin, fields, q.iif)
     except chains.TooManyPaths as exc:
-        return [pi._problem(ctx, q, ("paths",), f"{pi._about(ctx, q)}: {exc}", unknown=str(exc))]
+        return [service_problem(ctx, q, ("paths",), f"{describe_question(ctx, q)}: {exc}", unknown=str(exc))]
     bad: list[tuple] = []
     for leaf in leaves:
-        src = pi._as_set(leaf.domain(SRC))
+        src = as_set(leaf.domain(SRC))
         for region, expect in q.regions:
             part = src & region
             if part:
                 found = _mismatch(state, leaf, expect)
                 if found is not None:
                     bad.append((leaf, part, *found, expect))
-    problems: list[pi._Problem] = []
+    problems: list[Problem] = []
     seen: set[tuple] = set()
     for leaf, part, key, text, step, expect in bad:
         if key in seen:
@@ -659,15 +682,15 @@ def _mismatch(state: _Node, leaf: Leaf, expect: Expect) -> tuple[tuple, str, cha
         step = _deciding(leaf)
         target = ctx.endpoint_text((addr, port))
         if not expect.dnat:
-            return ("dnat-instead", target), f"is rewritten to {target} and {pi._verb(leaf.verdict)} instead of " \
-                f"being {pi._verb(expect.refuse)}", step
+            return ("dnat-instead", target), f"is rewritten to {target} and {verb(leaf.verdict)} instead of " \
+                f"being {verb(expect.refuse)}", step
         if (addr, port) not in expect.endpoints:
             return ("bad-dnat", target), f"is rewritten to {target}, which is not a usable endpoint", step
         if leaf.verdict != "ACCEPT":
-            return ("refused", leaf.verdict), f"is rewritten to {target} and then {pi._verb(leaf.verdict)}", \
+            return ("refused", leaf.verdict), f"is rewritten to {target} and then {verb(leaf.verdict)}", \
                 _deciding(leaf, refusal=True)
         if addr not in ctx.local and expect.masquerade is not None and (leaf.snat is not None) != expect.masquerade:
-            if expect.masquerade and pi._as_set(leaf.v[SRC]).issubset(ctx.local):
+            if expect.masquerade and as_set(leaf.v[SRC]).issubset(ctx.local):
                 return ("no-masq",), (f"reaches {target} from the service address itself, not masqueraded: the "
                                       "endpoint answers the service address and the connection fails"), step
             if expect.masquerade:
@@ -685,12 +708,12 @@ def _mismatch(state: _Node, leaf: Leaf, expect: Expect) -> tuple[tuple, str, cha
             what = "leaves the node unchanged: its address is not on the node, so IPVS never sees it"
         if expect.dnat:
             return ("unchanged", local), what, step
-        return ("unchanged", local), f"{what} (instead of being {pi._verb(expect.refuse)})", step
+        return ("unchanged", local), f"{what} (instead of being {verb(expect.refuse)})", step
     if expect.dnat:
-        return ("refused", leaf.verdict), f"is {pi._verb(leaf.verdict)} instead of reaching an endpoint", step
+        return ("refused", leaf.verdict), f"is {verb(leaf.verdict)} instead of reaching an endpoint", step
     if leaf.verdict != expect.refuse:
-        return ("verdict", leaf.verdict), f"is {pi._verb(leaf.verdict)} instead of being " \
-            f"{pi._verb(expect.refuse)}", step
+        return ("verdict", leaf.verdict), f"is {verb(leaf.verdict)} instead of being " \
+            f"{verb(expect.refuse)}", step
     return None
 
 
@@ -707,33 +730,33 @@ def _deciding(leaf: Leaf, refusal: bool = False) -> chains.Step | None:
 
 
 def _leaf_problem(state: _Node, q: _Question, leaf: Leaf, part: Intervals, key: tuple, text: str,
-                  step: chains.Step | None, expect: Expect, bad: list) -> pi._Problem:
+                  step: chains.Step | None, expect: Expect, bad: list) -> Problem:
     ctx = state.ctx
-    packet = pi._packet(ctx, q, part, leaf)
+    packet = witness_packet(ctx, q, part, leaf)
     trace, unknown = _replay(ctx, q.origin, q.iif, packet, leaf)
     masquerade = key[0] in ("masq", "no-masq")
     # a masquerade decision is taken by marks set early: show every rule, and the ipset match that decided
-    trace_text = trace.render() if masquerade else pi.witness_text(trace)
-    message = f"{pi._about(ctx, q)} {text}"
+    trace_text = trace.render() if masquerade else witness_text(trace)
+    message = f"{describe_question(ctx, q)} {text}"
     if expect.dnat:
-        message += f" (expected one of {pi._endpoint_list(ctx, expect.endpoints)})"
+        message += f" (expected one of {endpoint_list(ctx, expect.endpoints)})"
     extra = [state.location(step)] if step is not None else []
     if masquerade:
         extra += [state.location(s) for s in trace.steps if s.table == "nat" and "--match-set" in s.text][-1:]
     if key[0] == "unchanged" and q.spec.targets:
         extra += _missing_server_hint(state, q)
     if not unknown and leaf.verdict == "UNKNOWN":
-        unknown = pi._opaque_reason(leaf.opaque_list(), leaf)
+        unknown = opaque_reason(leaf.opaque_list(), leaf)
     elif not unknown and leaf.opaque is not None:
-        src, sport = pi._packet_values(ctx, packet)
+        src, sport = packet_values(ctx, packet)
         same = [b[0].opaque_list() for b in bad if b[0].verdict != "UNKNOWN"
-                and src in pi._as_set(b[0].domain(SRC)) and sport in pi._as_set(b[0].domain(SPORT))]
-        if not pi.covers(same):
-            unknown = pi._opaque_reason(leaf.opaque_list(), leaf)
-    return pi._problem(ctx, q, key, message, f"{packet}: {trace_text}", extra, unknown)
+                and src in as_set(b[0].domain(SRC)) and sport in as_set(b[0].domain(SPORT))]
+        if not covers(same):
+            unknown = opaque_reason(leaf.opaque_list(), leaf)
+    return service_problem(ctx, q, key, message, f"{packet}: {trace_text}", extra, unknown)
 
 
-def _replay(ctx: pi._Context, origin: str, iif: str | None, packet: chains.Packet, leaf: Leaf
+def _replay(ctx: NodeContext, origin: str, iif: str | None, packet: chains.Packet, leaf: Leaf
             ) -> tuple[chains.Trace, str]:
     """Replay a leaf concretely: (its trace, a problem if the replay disagrees with the walk)."""
     decisions = [value for _, _, value in leaf.pick_list()]
@@ -751,7 +774,7 @@ def _missing_server_hint(state: _Node, q: _Question) -> list[Location]:
     return [state.ipvs_text.location(vs.line, "virtual server")] if vs is not None else []
 
 
-def _coverage(state: _Node, q: _Question, leaves: list[Leaf]) -> list[pi._Problem]:
+def _coverage(state: _Node, q: _Question, leaves: list[Leaf]) -> list[Problem]:
     """Every endpoint a region expects must be a possible rewrite for every source in it."""
     ctx = state.ctx
     decided = [leaf for leaf in leaves if leaf.dnat is not None and leaf.verdict == "ACCEPT"]
@@ -761,67 +784,67 @@ def _coverage(state: _Node, q: _Question, leaves: list[Leaf]) -> list[pi._Proble
     for region, expect in q.regions:
         if not expect.dnat:
             continue
-        served = region & pi._union(pi._as_set(leaf.domain(SRC)) for leaf in decided
-                                    if leaf.dnat in expect.endpoints)
+        served = region & union_of(as_set(leaf.domain(SRC)) for leaf in decided
+                                   if leaf.dnat in expect.endpoints)
         if not served:
             continue
         for endpoint in sorted(expect.endpoints):
             reach = [leaf for leaf in decided if leaf.dnat == endpoint]
             if exact:
-                missing = served - pi._union(pi._as_set(leaf.domain(SRC)) for leaf in reach)
+                missing = served - union_of(as_set(leaf.domain(SRC)) for leaf in reach)
                 undecided = EMPTY
             else:
-                missing, undecided = pi._uncovered_cells(ctx, served, reach)
+                missing, undecided = uncovered_cells(ctx, served, reach)
             if missing or undecided:
                 problems.append(_unreachable(state, q, decided, endpoint, missing or undecided, not missing))
     return problems
 
 
 def _unreachable(state: _Node, q: _Question, decided: list[Leaf], endpoint: Endpoint, sources: Intervals,
-                 maybe: bool) -> pi._Problem:
+                 maybe: bool) -> Problem:
     ctx = state.ctx
     backend = q.spec.endpoints.get(endpoint)
     src = sources.pick(ctx.pod_ips if q.origin == "pod" else ctx.outside_witnesses)
-    packet = chains.Packet(chains.protocol_name(q.spec.proto), ctx.addr(src), pi.SPORT_WITNESS, ctx.addr(q.dst),
+    packet = chains.Packet(chains.protocol_name(q.spec.proto), ctx.addr(src), SPORT_WITNESS, ctx.addr(q.dst),
                            q.dport)
-    owner = f" ({pi._backend_label(backend)})" if backend is not None else ""
-    message = (f"{pi._about(ctx, q)}: endpoint {ctx.endpoint_text(endpoint)}{owner} can never be chosen for a new "
-               "connection: it is no real server of weight > 0 of the virtual server")
-    chosen = sorted({(leaf.dnat, step.line) for leaf in decided if src in pi._as_set(leaf.domain(SRC))
+    owner = f" ({backend_label(backend)})" if backend is not None else ""
+    message = (f"{describe_question(ctx, q)}: endpoint {ctx.endpoint_text(endpoint)}{owner} can never be chosen "
+               "for a new connection: it is no real server of weight > 0 of the virtual server")
+    chosen = sorted({(leaf.dnat, step.line) for leaf in decided if src in as_set(leaf.domain(SRC))
                      for step in leaf.step_list() if step.table == "ipvs" and step.action.startswith("DNAT")})
     listed = ", ".join(f"{ctx.endpoint_text(d)} ({state.ipvs_text.name} line {line})" for d, line in chosen)
     witness = f"{packet}: IPVS may choose only {listed or 'no real server at all'}"
-    extra = _missing_server_hint(state, q) + pi._endpoint_locations(ctx, backend)
+    extra = _missing_server_hint(state, q) + endpoint_locations(ctx, backend)
     unknown = ""
     if maybe:
         opaque = [o for leaf in decided for o in leaf.opaque_list()]
-        unknown = pi._opaque_reason(opaque, decided[0]) if opaque else "unmodelled matches decide it"
-    return pi._problem(ctx, q, ("unreachable", endpoint), message, witness, extra, unknown)
+        unknown = opaque_reason(opaque, decided[0]) if opaque else "unmodelled matches decide it"
+    return service_problem(ctx, q, ("unreachable", endpoint), message, witness, extra, unknown)
 
 
 # --- KS205: the IPVS table and the ipsets are the spec's service map ----------------------------
 
 
-def _structure(state: _Node) -> tuple[list[pi._Problem], int]:
+def _structure(state: _Node) -> tuple[list[Problem], int]:
     problems = _virtual_servers(state)
     set_problems, members = _set_members(state)
     return problems + set_problems, len(state.plan.servers) + members
 
 
 def _problem205(key: tuple, message: str, locations: Sequence[Location], witness: str, spec: PortPlan | None,
-                subject: str = "") -> pi._Problem:
+                subject: str = "") -> Problem:
     if spec is not None:
         locations = (*locations, located(spec.service.origin, spec.label, "service.ports"))
-    return pi._Problem("KS205", ("KS205",) + key, message, tuple(locations), witness,
-                       spec.label if spec is not None else subject, "",
-                       suppression(spec.service.annotations, "KS205") if spec is not None else None)
+    return Problem("KS205", ("KS205",) + key, message, tuple(locations), witness,
+                   spec.label if spec is not None else subject, "",
+                   suppression(spec.service.annotations, "KS205") if spec is not None else None)
 
 
-def _virtual_servers(state: _Node) -> list[pi._Problem]:
+def _virtual_servers(state: _Node) -> list[Problem]:
     ctx, plan, text = state.ctx, state.plan, state.ipvs_text
     family = ctx.family
     found: dict[tuple[int, int, int], ipvs_save.VirtualService] = {}
-    problems: list[pi._Problem] = []
+    problems: list[Problem] = []
     by_address: dict[int, list[PortPlan]] = {}
     for spec, target in plan.servers.values():
         by_address.setdefault(target.addr, []).append(spec)
@@ -868,7 +891,7 @@ def _virtual_servers(state: _Node) -> list[pi._Problem]:
 
 
 def _server_details(state: _Node, spec: PortPlan, target: Target, vs: ipvs_save.VirtualService
-                    ) -> list[pi._Problem]:
+                    ) -> list[Problem]:
     ctx, text = state.ctx, state.ipvs_text
     family = ctx.family
     here = text.location(vs.line, "virtual server")
@@ -912,16 +935,16 @@ def _server_details(state: _Node, spec: PortPlan, target: Target, vs: ipvs_save.
                                     f"{text.name}:{rs.line} {detail}", (where,), rs.text, spec))
     for endpoint in sorted(target.servers - present.keys()):
         backend = spec.endpoints.get(endpoint)
-        owner = f" ({pi._backend_label(backend)})" if backend is not None else ""
+        owner = f" ({backend_label(backend)})" if backend is not None else ""
         problems.append(_problem205(("missing-rs", vs.line, endpoint), f"{about} at {text.name}:{vs.line} lacks "
                                     f"the real server {endpoint_text(endpoint, family)}{owner}",
-                                    (here, *pi._endpoint_locations(ctx, backend)),
+                                    (here, *endpoint_locations(ctx, backend)),
                                     f"expected in {text.name}: -a {vs.text.split()[1]} {vs.text.split()[2]} -r "
                                     f"{endpoint_text(endpoint, family)} -m -w 1", spec))
     return problems
 
 
-def _set_members(state: _Node) -> tuple[list[pi._Problem], int]:
+def _set_members(state: _Node) -> tuple[list[Problem], int]:
     plan, text = state.plan, state.ipset_text
     kernel = set_names(plan.family)
     types = {kernel[info.name]: info.type for info in names.IPSETS}
@@ -929,7 +952,7 @@ def _set_members(state: _Node) -> tuple[list[pi._Problem], int]:
     for set_name, members in plan.sets.items():
         for key, item in members.items():
             anywhere.setdefault(key, (set_name, item))
-    problems: list[pi._Problem] = []
+    problems: list[Problem] = []
     count = 0
     for name, expected in plan.sets.items():
         count += len(expected)
@@ -976,7 +999,7 @@ def _member_role(item: SetMember) -> str:
 # --- KS201: pod to pod, unchanged ---------------------------------------------------------------
 
 
-def _pod_to_pod(ctx: pi._Context) -> tuple[list[pi._Problem], int]:
+def _pod_to_pod(ctx: NodeContext) -> tuple[list[Problem], int]:
     """No pod-to-pod packet through this node is rewritten, masqueraded, dropped or rejected.
 
     As in iptables mode, with one more condition: a pod's packets to its own
@@ -987,7 +1010,7 @@ def _pod_to_pod(ctx: pi._Context) -> tuple[list[pi._Problem], int]:
     remote = ctx.pod_net - ctx.own_pods
     runs = [("pods on this node", ctx.own_pods, ctx.pod_net, BRIDGE),
             ("pods on other nodes", remote, ctx.own_pods, None)]
-    problems: list[pi._Problem] = []
+    problems: list[Problem] = []
     questions = 0
     packet = PacketVars.make(family)
     for label, src, dst, iif in runs:
@@ -998,35 +1021,35 @@ def _pod_to_pod(ctx: pi._Context) -> tuple[list[pi._Problem], int]:
         try:
             leaves = chains.explore(ctx.program, "pod", fields, iif, symbolic=True)
         except chains.TooManyPaths as exc:
-            problems.append(pi._Problem("KS201", ("KS201", "paths", label), f"pod-to-pod traffic from {label}: {exc}",
-                                        unknown=str(exc), subject=f"node {ctx.node.name}"))
+            problems.append(Problem("KS201", ("KS201", "paths", label), f"pod-to-pod traffic from {label}: {exc}",
+                                    unknown=str(exc), subject=f"node {ctx.node.name}"))
             continue
         bad = [leaf for leaf in leaves if not (leaf.verdict == "ACCEPT" and leaf.dnat is None and leaf.snat is None)]
         shown: set[tuple] = set()
         for leaf in bad:
-            key = pi._pod_key(ctx, leaf)
+            key = pod_key(ctx, leaf)
             if key in shown:
                 continue
             base = [member(packet.fields[SRC], src), member(packet.fields[DST], dst),
                     packet.fields[SRC] != packet.fields[DST]] + chains.leaf_formula(leaf, packet)
             answer = ctx.solver.check(packet, base)
             if answer.status == SAT:
-                for preferred in pi._witness_preferences(ctx, packet):
+                for preferred in witness_preferences(ctx, packet):
                     nicer = ctx.solver.check(packet, base + preferred)
                     if nicer.status == SAT:
                         answer = nicer
                         break
             if answer.status == Z3_UNKNOWN:
-                problems.append(pi._Problem("KS201", ("KS201", "unknown", label, pi._deciding_line(leaf)),
-                                            f"pod-to-pod traffic from {label} could not be decided: {answer.reason}",
-                                            subject=f"node {ctx.node.name}", unknown=answer.reason))
+                problems.append(Problem("KS201", ("KS201", "unknown", label, deciding_line(leaf)),
+                                        f"pod-to-pod traffic from {label} could not be decided: {answer.reason}",
+                                        subject=f"node {ctx.node.name}", unknown=answer.reason))
                 continue
             if answer.status == SAT:
-                problem = pi._pod_problem(ctx, label, iif, answer.values, leaf)
+                problem = pod_problem(ctx, label, iif, answer.values, leaf)
                 if not problem.unknown and (leaf.opaque is not None or leaf.verdict == "UNKNOWN"):
-                    same = [b.opaque_list() for b in bad if b.verdict != "UNKNOWN" and pi._holds(b, answer.values)]
-                    if leaf.verdict == "UNKNOWN" or not pi.covers(same):
-                        problem.unknown = pi._opaque_reason(leaf.opaque_list(), leaf)
+                    same = [b.opaque_list() for b in bad if b.verdict != "UNKNOWN" and leaf_holds(b, answer.values)]
+                    if leaf.verdict == "UNKNOWN" or not covers(same):
+                        problem.unknown = opaque_reason(leaf.opaque_list(), leaf)
                 problems.append(problem)
                 if not problem.unknown:
                     shown.add(key)

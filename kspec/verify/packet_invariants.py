@@ -27,22 +27,17 @@ before it is shown; a violation that depends on a match kspec does not model
 
 from __future__ import annotations
 
-import ipaddress
 import time
-from bisect import bisect_left
-import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from kspec.backends import kube_chains as kc
-from kspec.backends import routes as route_conventions
 from kspec.dataplane import iptables_save, routes_batch
-from kspec.diagnostics import Span, register_source
-from kspec.model import Backend, IPNetwork, Node, Pod, ResolvedCluster, Service, ServicePort
+from kspec.diagnostics import register_source
+from kspec.model import Backend, Node, ResolvedCluster, Service, ServicePort
 from kspec.verify import chains
-from kspec.verify.catalogue import CATALOGUE
-from kspec.verify.chains import Hooks, Leaf, Packet, Program
+from kspec.verify.chains import Leaf, Packet
 from kspec.verify.encode import (
     DPORT,
     DST,
@@ -54,22 +49,39 @@ from kspec.verify.encode import (
     UNKNOWN as Z3_UNKNOWN,
     Intervals,
     PacketVars,
-    Solver,
     conjunction,
-    ip_text,
     member,
     negation,
     universe,
 )
-from kspec.verify.result import PROVED, UNKNOWN, VIOLATED, Finding, Location, Verdict
+from kspec.verify.findings import (
+    SPORT_WITNESS,
+    Problem,
+    backend_label,
+    build_verdict,
+    deciding_line,
+    describe_question,
+    endpoint_list,
+    endpoint_locations,
+    opaque_reason,
+    packet_values,
+    pod_key,
+    pod_problem,
+    replay_leaf,
+    service_problem,
+    verb,
+    witness_packet,
+    witness_preferences,
+)
+from kspec.verify.leaf_cover import as_set, covers, leaf_holds, uncovered_cells, union_of
+from kspec.verify.node_context import BRIDGE, NodeContext
+from kspec.verify.node_context import node_hooks as node_hooks  # re-exported: callers take it from here
+from kspec.verify.result import Verdict
+from kspec.verify.routes_check import pod_routes
 from kspec.verify.spans import located, suppression
 
 PACKET_IDS = ("KS201", "KS202", "KS203", "KS204", "KS205")
-BRIDGE = route_conventions.BRIDGE
 SERVICE_CHAIN_PREFIXES = (kc.SVC_PREFIX, kc.SVL_PREFIX, kc.EXT_PREFIX, kc.FW_PREFIX)
-SPORT_WITNESS = 40000
-OUTSIDE_WITNESSES = ("203.0.113.7", "198.51.100.7", "192.0.2.7", "100.64.0.7", "2001:db8:ffff::7", "2600::7")
-MAX_FINDINGS_PER_SUBJECT = 4
 # kube-proxy's own shared chains (the per-service ones are recognised by their prefixes)
 KUBE_PROXY_CHAINS = frozenset({kc.KUBE_SERVICES, kc.KUBE_EXTERNAL_SERVICES, kc.KUBE_NODEPORTS, kc.KUBE_POSTROUTING,
                                kc.KUBE_MARK_MASQ, kc.KUBE_FORWARD, kc.KUBE_PROXY_FIREWALL, "KUBE-PROXY-CANARY"})
@@ -196,20 +208,7 @@ def _port_spec(svc: Service, port: ServicePort, cluster_ip: int, backends: list[
     )
 
 
-# --- the per-node context ------------------------------------------------------------------
-
-
-@dataclass
-class _Problem:
-    invariant: str
-    key: tuple
-    message: str
-    locations: tuple[Location, ...] = ()
-    witness: str = ""
-    subject: str = ""
-    unknown: str = ""  # non-empty: undecided, for this reason
-    suppressed: str | None = None
-    details: tuple[str, ...] = ()
+# --- the questions ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -226,119 +225,6 @@ class _Question:
     dport: int
     regions: tuple[tuple[Intervals, Expect], ...]
     sources: str  # "pods on node-1", "node node-1", "outside sources"
-
-
-class _ClusterIndex:
-    """Cluster-wide lookups built once per cluster (verify runs check_node once per node)."""
-
-    def __init__(self, cluster: ResolvedCluster) -> None:
-        self.pods_by_ip: dict[int, Pod] = {}  # IPv4 and IPv6 addresses never collide as ints here:
-        self.pod_ips: dict[int, list[int]] = {4: [], 6: []}  # an IPv4-mapped pod address is not a thing
-        self.pods_by_node: dict[str, list[Pod]] = defaultdict(list)
-        for pod in cluster.pods:
-            if pod.host_network:
-                continue
-            for ip in pod.ips:
-                self.pods_by_ip.setdefault(int(ip), pod)
-                self.pod_ips[ip.version].append(int(ip))
-            if pod.node:
-                self.pods_by_node[pod.node].append(pod)
-        self.pod_net: dict[int, Intervals] = {}
-        self.service_net: dict[int, Intervals] = {}
-        for family in (4, 6):
-            nets = [c for n in cluster.nodes for c in n.pod_cidrs if c.version == family]
-            points = Intervals((ip, ip) for ip in self.pod_ips[family])
-            self.service_net[family] = Intervals.of_networks(
-                c for c in cluster.settings.service_cidrs if c.version == family)
-            self.pod_net[family] = (Intervals.of_networks(nets) | points) - self.service_net[family]
-        self.cluster_pod_cidrs = {f: Intervals.of_networks(c for c in cluster.settings.pod_cidrs if c.version == f)
-                                  for f in (4, 6)}
-        # addresses no outside client has: endpoints (pods, or what Endpoints objects name) and service VIPs
-        inside: dict[int, list[int]] = {4: [], 6: []}
-        for eps in cluster.endpoints.values():
-            for pe in eps.ports:
-                for b in pe.backends:
-                    inside[b.ip.version].append(int(b.ip))
-        for svc in cluster.services:
-            for ip in (*svc.external_ips, *svc.load_balancer_ips, *svc.cluster_ips):
-                inside[ip.version].append(int(ip))
-        self.not_outside = {f: Intervals((a, a) for a in values) for f, values in inside.items()}
-
-
-_INDEX: tuple[weakref.ref, _ClusterIndex] | None = None
-
-
-def _cluster_index(cluster: ResolvedCluster) -> _ClusterIndex:
-    global _INDEX
-    if _INDEX is None or _INDEX[0]() is not cluster:
-        _INDEX = (weakref.ref(cluster), _ClusterIndex(cluster))
-    return _INDEX[1]
-
-
-class _Context:
-    def __init__(self, cluster: ResolvedCluster, node: Node, ruleset: iptables_save.RuleSet, rules_name: str,
-                 routes: routes_batch.Routes | None, routes_name: str | None, timeout: float) -> None:
-        self.cluster = cluster
-        self.node = node
-        self.family = ruleset.family
-        self.ruleset = ruleset
-        self.rules_name = rules_name
-        self.routes = routes
-        self.routes_name = routes_name
-        self.solver = Solver(timeout)
-        self.index = _cluster_index(cluster)
-        family = self.family
-        hooks = node_hooks(node, "pod", family, routes)
-        self.local = chains.local_intervals(hooks.local, family)
-        bridged = Intervals.of_networks(ipaddress.ip_network(c) for c in hooks.bridged)
-        self.program = Program(ruleset, self.local, bridged, BRIDGE)
-        self.node_ip = next((int(ip) for ip in node.ips if ip.version == family), None)
-        own = Intervals.of_networks(c for c in node.pod_cidrs if c.version == family)
-        own |= Intervals((int(ip), int(ip)) for p in self.index.pods_by_node.get(node.name, ())
-                         for ip in p.ips if ip.version == family)
-        self.own_pods = own - self.local
-        self.pod_net = self.index.pod_net[family] - self.local
-        self.outside = self._outside()
-        self.pod_ips = sorted(int(ip) for p in self.index.pods_by_node.get(node.name, ())[:64]
-                              for ip in p.ips if ip.version == family)
-        self.outside_witnesses = [int(ipaddress.ip_address(a)) for a in OUTSIDE_WITNESSES
-                                  if ipaddress.ip_address(a).version == family]
-        self.sports = Intervals.span(1, 65535)
-
-    def _outside(self) -> Intervals:
-        family = self.family
-        reserved = ["0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/3"] if family == 4 else ["::/127", "ff00::/8"]
-        excluded = (self.index.pod_net[family] | self.index.cluster_pod_cidrs[family] | self.index.service_net[family]
-                    | self.index.not_outside[family] | self.local
-                    | Intervals.of_networks(ipaddress.ip_network(r) for r in reserved))
-        return universe(SRC, family) - excluded
-
-    def rule_location(self, line: int) -> Location:
-        cr = self.program.by_line.get(line)
-        width = len(cr.rule.text) + 1 if cr is not None else 2
-        return Location(Span(self.rules_name, line, 1, line, width), f"rule at {self.rules_name}:{line}")
-
-    def addr(self, value: int) -> str:
-        return ip_text(value, self.family)
-
-    def endpoint_text(self, key: tuple[int, int]) -> str:
-        return kc.endpoint_string(self.addr(key[0]), key[1], self.family)
-
-    def point_text(self, proto: int, dst: int, dport: int) -> str:
-        host = self.addr(dst) if self.family == 4 else f"[{self.addr(dst)}]"
-        return f"{chains.protocol_name(proto).upper()} {host}:{dport}"
-
-
-def node_hooks(node: Node, origin: str, family: int = 4, routes: routes_batch.Routes | None = None) -> Hooks:
-    """The :class:`~kspec.verify.chains.Hooks` of a packet entering ``node`` from ``origin`` ("pod",
-    "outside", "node"): the node's own addresses (its IPs, its bridge's address, as the routes file or the
-    host-gw convention has it) and its bridged podCIDRs; what ``kspec trace`` hands to ``trace_packet``."""
-    local = [ip for ip in node.ips if ip.version == family]
-    local += [route_conventions.gateway(c) for c in node.pod_cidrs if c.version == family]
-    if routes is not None:
-        local += [r.src for r in routes.family(family) if r.dev == BRIDGE and r.src is not None]
-    bridged = tuple(str(c) for c in node.pod_cidrs if c.version == family)
-    return Hooks(origin, tuple(dict.fromkeys(str(a) for a in local)), BRIDGE if origin == "pod" else None, bridged)
 
 
 # --- the entry point ---------------------------------------------------------------------------
@@ -365,9 +251,9 @@ def check_node(cluster: ResolvedCluster, node: Node, rules_text: str, rules_name
         routes_name = routes_name or "<routes>"
         register_source(routes_name, routes_text)
         routes = routes_batch.parse(routes_text, routes_name)
-    ctx = _Context(cluster, node, ruleset, rules_name, routes, routes_name, timeout)
+    ctx = NodeContext(cluster, node, ruleset, rules_name, routes, routes_name, timeout)
     specs = port_specs(cluster, node, ctx.family)
-    problems: list[_Problem] = []
+    problems: list[Problem] = []
     subjects: dict[str, list[str]] = {i: [] for i in wanted}
     checked: dict[str, int] = dict.fromkeys(wanted, 0)
     per_service = {"KS202", "KS203", "KS204", "KS205"} & set(wanted)
@@ -386,48 +272,18 @@ def check_node(cluster: ResolvedCluster, node: Node, rules_text: str, rules_name
         checked["KS205"] += entries
     if "KS201" in wanted:
         rule_problems, questions = _pod_to_pod(ctx)
-        route_problems, routes_checked = _pod_routes(ctx)
+        route_problems, routes_checked = pod_routes(ctx)
         problems += rule_problems + route_problems
         checked["KS201"] += questions + routes_checked
     elapsed = time.perf_counter() - start
-    return [_verdict(i, [p for p in problems if p.invariant == i], checked.get(i, 0), subjects.get(i, ()),
-                     elapsed / len(wanted)) for i in wanted]
-
-
-def _verdict(invariant: str, problems: list[_Problem], checked: int, subjects: Iterable[str],
-             seconds: float) -> Verdict:
-    grouped: dict[tuple, _Problem] = {}
-    for p in problems:
-        grouped.setdefault(p.key, p)
-    violated = [p for p in grouped.values() if not p.unknown]
-    undecided = [p for p in grouped.values() if p.unknown]
-    by_subject: dict[str, list[_Problem]] = defaultdict(list)
-    for p in violated:
-        by_subject[p.subject].append(p)
-    findings = []
-    for subject, items in by_subject.items():
-        for k, p in enumerate(items[:MAX_FINDINGS_PER_SUBJECT]):
-            details = p.details
-            if k == MAX_FINDINGS_PER_SUBJECT - 1 and len(items) > MAX_FINDINGS_PER_SUBJECT:
-                details += (f"{len(items) - MAX_FINDINGS_PER_SUBJECT} more findings about {subject} are not shown; "
-                            "they have the same cause more often than not",)
-            findings.append(Finding(invariant, p.message, p.locations, p.witness, CATALOGUE[invariant].fix,
-                                    subject, p.suppressed, details))
-    findings.sort(key=Finding.sort_key)
-    unique_subjects = tuple(dict.fromkeys(subjects))
-    if findings:
-        return Verdict(invariant, VIOLATED, tuple(findings), checked, unique_subjects, seconds=seconds)
-    if undecided:
-        reasons = sorted({p.unknown for p in undecided})
-        reason = "; ".join(reasons[:3]) + (f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else "")
-        return Verdict(invariant, UNKNOWN, (), checked, unique_subjects, reason=reason, seconds=seconds)
-    return Verdict(invariant, PROVED, (), checked, unique_subjects, seconds=seconds)
+    return [build_verdict(i, [p for p in problems if p.invariant == i], checked.get(i, 0), subjects.get(i, ()),
+                          elapsed / len(wanted)) for i in wanted]
 
 
 # --- per service port: KS202 / KS203 / KS204 (+ KS205 missing dispatch) ----------------------------
 
 
-def _questions(ctx: _Context, spec: PortSpec, wanted: set[str]) -> Iterable[_Question]:
+def _questions(ctx: NodeContext, spec: PortSpec, wanted: set[str]) -> Iterable[_Question]:
     internal_id = "KS202" if spec.has_any else "KS204"
     external_id = "KS203" if spec.has_any else "KS204"
     node = ctx.node.name
@@ -461,27 +317,27 @@ def _questions(ctx: _Context, spec: PortSpec, wanted: set[str]) -> Iterable[_Que
             yield _Question(external_id, spec, what, origin, iif, src, dst, dport, regions, label)
 
 
-def _serves_node_ports(ctx: _Context, address: int) -> bool:
+def _serves_node_ports(ctx: NodeContext, address: int) -> bool:
     cidrs = [c for c in ctx.cluster.settings.proxy.nodeport_addresses if c.version == ctx.family]
     return not cidrs or any(address in Intervals.of_network(c) for c in cidrs)
 
 
-def _answer(ctx: _Context, q: _Question, check_dispatch: bool) -> list[_Problem]:
+def _answer(ctx: NodeContext, q: _Question, check_dispatch: bool) -> list[Problem]:
     fields = [q.src, q.dst, q.spec.proto, ctx.sports, q.dport]
     try:
         leaves = chains.explore(ctx.program, q.origin, fields, q.iif)
     except chains.TooManyPaths as exc:
-        return [_problem(ctx, q, ("paths",), f"{_about(ctx, q)}: {exc}", unknown=str(exc))]
+        return [service_problem(ctx, q, ("paths",), f"{describe_question(ctx, q)}: {exc}", unknown=str(exc))]
     bad: list[tuple[Leaf, Intervals, tuple, str, int, Expect]] = []
     for leaf in leaves:
-        src = _as_set(leaf.domain(SRC))
+        src = as_set(leaf.domain(SRC))
         for region, expect in q.regions:
             part = src & region
             if part:
                 found = _mismatch(ctx, leaf, expect)
                 if found is not None:
                     bad.append((leaf, part, *found, expect))
-    problems: list[_Problem] = []
+    problems: list[Problem] = []
     seen: set[tuple] = set()
     for leaf, part, key, text, rule_line, expect in bad:
         if key in seen:
@@ -496,28 +352,9 @@ def _answer(ctx: _Context, q: _Question, check_dispatch: bool) -> list[_Problem]
     return problems
 
 
-def covers(assignments: Sequence[Sequence[tuple[int, str, bool]]], depth: int = 0) -> bool:
-    """Whether leaves with these opaque answers (in the order the walk asked) cover every possible answer.
-
-    A leaf that asked nothing more covers everything; otherwise some opaque
-    match asked next must be covered both when it matches and when it does not.
-    """
-    groups: dict[tuple[int, str], tuple[list, list]] = {}
-    for seq in assignments:
-        if len(seq) <= depth:
-            return True
-        line, text, value = seq[depth]
-        groups.setdefault((line, text), ([], []))[0 if value else 1].append(seq)
-    return any(yes and no and covers(yes, depth + 1) and covers(no, depth + 1) for yes, no in groups.values())
-
-
-def _as_set(value) -> Intervals:
-    return Intervals.point(value) if type(value) is int else value
-
-
-def _mismatch(ctx: _Context, leaf: Leaf, expect: Expect) -> tuple[tuple, str, int] | None:
+def _mismatch(ctx: NodeContext, leaf: Leaf, expect: Expect) -> tuple[tuple, str, int] | None:
     """None when the leaf is what ``expect`` allows, else (key, what happened, the deciding rule's line)."""
-    last = _deciding_line(leaf)
+    last = deciding_line(leaf)
     if leaf.verdict == "UNKNOWN":
         return ("unknown-target", last), "meets a target kspec does not model", last
     if expect.dnat:
@@ -530,7 +367,7 @@ def _mismatch(ctx: _Context, leaf: Leaf, expect: Expect) -> tuple[tuple, str, in
                 return ("bad-dnat", target), f"is rewritten to {target}, which is not a usable endpoint", last
             if leaf.verdict != "ACCEPT":
                 return ("refused", leaf.verdict), f"is rewritten to {ctx.endpoint_text((addr, port))} and then " \
-                    f"{_verb(leaf.verdict)}", last
+                    f"{verb(leaf.verdict)}", last
             forwarded = addr not in ctx.local  # delivered locally (a hostNetwork endpoint): no POSTROUTING, no SNAT
             if forwarded and expect.masquerade is not None and (leaf.snat is not None) != expect.masquerade:
                 if expect.masquerade:
@@ -541,114 +378,38 @@ def _mismatch(ctx: _Context, leaf: Leaf, expect: Expect) -> tuple[tuple, str, in
             return None
         if leaf.verdict == "ACCEPT":
             return ("unchanged",), "passes without being rewritten to any endpoint (no rule dispatches it)", last
-        return ("refused", leaf.verdict), f"is {_verb(leaf.verdict)} instead of reaching an endpoint", last
+        return ("refused", leaf.verdict), f"is {verb(leaf.verdict)} instead of reaching an endpoint", last
     if leaf.dnat is not None:
         target = chains.dnat_text(leaf.dnat, ctx.family)
-        return ("dnat-instead", target), f"is rewritten to {target} instead of being {_verb(expect.refuse)}", last
+        return ("dnat-instead", target), f"is rewritten to {target} instead of being {verb(expect.refuse)}", last
     if leaf.verdict != expect.refuse:
-        what = "passes unrejected (black-holed)" if leaf.verdict == "ACCEPT" else f"is {_verb(leaf.verdict)}"
-        return ("verdict", leaf.verdict), f"{what} instead of being {_verb(expect.refuse)}", last
+        what = "passes unrejected (black-holed)" if leaf.verdict == "ACCEPT" else f"is {verb(leaf.verdict)}"
+        return ("verdict", leaf.verdict), f"{what} instead of being {verb(expect.refuse)}", last
     return None
 
 
-def _verb(verdict: str) -> str:
-    return {"DROP": "dropped", "REJECT": "rejected", "ACCEPT": "accepted", "UNKNOWN": "handled by an unmodelled target"
-            }.get(verdict, verdict)
-
-
-def _deciding_line(leaf: Leaf) -> int:
-    """The rule that decided the leaf: its DNAT, else the last refusal or source rewrite (0: none fired)."""
-    steps = leaf.step_list()
-    if leaf.dnat is not None:
-        return next((s.line for s in steps if s.action.startswith("DNAT")), 0)
-    for step in reversed(steps):
-        if step.action.startswith(("DROP", "REJECT", "MASQUERADE", "SNAT", "policy")) or "not modelled" in step.action:
-            return step.line
-    return 0
-
-
-def _about(ctx: _Context, q: _Question) -> str:
-    return (f"{ctx.point_text(q.spec.proto, q.dst, q.dport)} ({q.spec.label} {q.spec.port_label} {q.what}) "
-            f"from {q.sources}")
-
-
-def _problem(ctx: _Context, q: _Question, key: tuple, message: str, witness: str = "",
-             extra: Sequence[Location] = (), unknown: str = "", details: Sequence[str] = ()) -> _Problem:
-    svc = q.spec.service
-    locations = (located(svc.origin, q.spec.label, "service.ports"), *extra)
-    return _Problem(q.invariant, (q.invariant, q.spec.name, q.spec.proto, q.what) + key, message, locations, witness,
-                    q.spec.label, unknown, suppression(svc.annotations, q.invariant), tuple(details))
-
-
-def _leaf_problem(ctx: _Context, q: _Question, leaf: Leaf, part: Intervals, key: tuple, text: str, line: int,
-                  expect: Expect, bad: list) -> _Problem:
-    packet = _packet(ctx, q, part, leaf)
-    trace_text, replay_problem = _replay(ctx, q.origin, q.iif, packet, leaf)
-    message = f"{_about(ctx, q)} {text}"
+def _leaf_problem(ctx: NodeContext, q: _Question, leaf: Leaf, part: Intervals, key: tuple, text: str, line: int,
+                  expect: Expect, bad: list) -> Problem:
+    packet = witness_packet(ctx, q, part, leaf)
+    trace_text, replay_problem = replay_leaf(ctx, q.origin, q.iif, packet, leaf)
+    message = f"{describe_question(ctx, q)} {text}"
     if expect.dnat:
-        message += f" (expected one of {_endpoint_list(ctx, expect.endpoints)})"
+        message += f" (expected one of {endpoint_list(ctx, expect.endpoints)})"
     extra = [ctx.rule_location(line)] if line else []
     unknown = replay_problem
     if not unknown and leaf.verdict == "UNKNOWN":
-        unknown = _opaque_reason(leaf.opaque_list(), leaf)
+        unknown = opaque_reason(leaf.opaque_list(), leaf)
     elif not unknown and leaf.opaque is not None:
         # certain only if, whatever the unmodelled matches answer, this packet still goes wrong
-        src, sport = _packet_values(ctx, packet)
+        src, sport = packet_values(ctx, packet)
         same = [b[0].opaque_list() for b in bad if b[0].verdict != "UNKNOWN"
-                and src in _as_set(b[0].domain(SRC)) and sport in _as_set(b[0].domain(SPORT))]
+                and src in as_set(b[0].domain(SRC)) and sport in as_set(b[0].domain(SPORT))]
         if not covers(same):
-            unknown = _opaque_reason(leaf.opaque_list(), leaf)
-    return _problem(ctx, q, key, message, f"{packet}: {trace_text}", extra, unknown)
+            unknown = opaque_reason(leaf.opaque_list(), leaf)
+    return service_problem(ctx, q, key, message, f"{packet}: {trace_text}", extra, unknown)
 
 
-def _packet_values(ctx: _Context, packet: Packet) -> tuple[int, int]:
-    return int(ipaddress.ip_address(packet.src)), packet.sport
-
-
-def _opaque_reason(opaque: Sequence[tuple[int, str, bool]], leaf: Leaf) -> str:
-    if opaque:
-        line, text, value = opaque[0]
-        return f"the outcome depends on rule line {line} ({text}), which kspec does not model"
-    return "a rule target kspec does not model decides the outcome"
-
-
-def _packet(ctx: _Context, q: _Question, part: Intervals, leaf: Leaf) -> Packet:
-    preferred = ctx.pod_ips if q.origin == "pod" else ctx.outside_witnesses if q.origin == "outside" else []
-    src = part.pick(preferred)
-    sport = _as_set(leaf.domain(SPORT)).pick([SPORT_WITNESS])
-    return Packet(chains.protocol_name(q.spec.proto), ctx.addr(src), sport, ctx.addr(q.dst), q.dport)
-
-
-def _replay(ctx: _Context, origin: str, iif: str | None, packet: Packet, leaf: Leaf) -> tuple[str, str]:
-    """Replay a leaf concretely; (rendered trace, a problem if the replay disagrees with the leaf)."""
-    decisions = [value for _, _, value in leaf.pick_list()]
-    trace = chains.trace_packet(ctx.program, Hooks(origin, (), iif), packet, decisions)
-    expected_dnat = chains.dnat_text(leaf.dnat, ctx.family)
-    problem = ""
-    if trace.verdict != leaf.verdict or trace.dnat != expected_dnat or trace.snat != leaf.snat:
-        problem = (f"internal check failed: replaying {packet} gave {trace.verdict} {trace.dnat or ''}, "
-                   f"the walk said {leaf.verdict} {expected_dnat or ''}")
-    return witness_text(trace), problem
-
-
-def witness_text(trace: chains.Trace) -> str:
-    """The trace without the hooks that only passed through (jumps that returned, RETURN)."""
-    significant = ("DNAT", "SNAT", "MASQUERADE", "MARK", "DROP", "REJECT", "ACCEPT", "policy")
-    keep = []
-    for hook in dict.fromkeys((s.table, s.hook) for s in trace.steps):
-        steps = [s for s in trace.steps if (s.table, s.hook) == hook]
-        if any(s.action.startswith(significant) or "not modelled" in s.action for s in steps):
-            keep += steps
-    return chains.render_steps(keep, trace.verdict, trace.dnat, trace.snat)
-
-
-def _endpoint_list(ctx: _Context, endpoints: Iterable[tuple[int, int]], limit: int = 6) -> str:
-    items = sorted(endpoints)
-    text = ", ".join(ctx.endpoint_text(e) for e in items[:limit])
-    return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
-def _coverage(ctx: _Context, q: _Question, leaves: list[Leaf]) -> list[_Problem]:
+def _coverage(ctx: NodeContext, q: _Question, leaves: list[Leaf]) -> list[Problem]:
     """Every endpoint a region expects must be chosen, with non-zero probability, for every source in it."""
     problems = []
     decided = [leaf for leaf in leaves if leaf.fresh and leaf.dnat is not None and leaf.verdict == "ACCEPT"]
@@ -658,83 +419,45 @@ def _coverage(ctx: _Context, q: _Question, leaves: list[Leaf]) -> list[_Problem]
         if not expect.dnat:
             continue
         # sources that reach no endpoint at all are the outcome findings' business, not this one's
-        served = region & _union(_as_set(leaf.domain(SRC)) for leaf in decided if leaf.dnat in expect.endpoints)
+        served = region & union_of(as_set(leaf.domain(SRC)) for leaf in decided if leaf.dnat in expect.endpoints)
         if not served:
             continue
         for endpoint in sorted(expect.endpoints):
             reach = [leaf for leaf in decided if leaf.dnat == endpoint]
             if exact:
-                missing = served - _union(_as_set(leaf.domain(SRC)) for leaf in reach)
+                missing = served - union_of(as_set(leaf.domain(SRC)) for leaf in reach)
                 undecided = EMPTY
             else:
-                missing, undecided = _uncovered_cells(ctx, served, reach)
+                missing, undecided = uncovered_cells(ctx, served, reach)
             if not missing and not undecided:
                 continue
             problems.append(_unreachable(ctx, q, decided, endpoint, missing or undecided, not missing))
     return problems
 
 
-def _union(sets: Iterable[Intervals]) -> Intervals:
-    spans: list[tuple[int, int]] = []
-    for part in sets:
-        spans.extend(part.spans)
-    return Intervals(spans)
-
-
-def _uncovered_cells(ctx: _Context, region: Intervals, reach: list[Leaf]) -> tuple[Intervals, Intervals]:
-    """(sources that surely miss the endpoint, sources that miss it only for some unmodelled-match answers).
-
-    Sources and source ports are cut into cells no leaf splits; in each cell
-    the leaves that reach the endpoint must cover every opaque answer.
-    """
-    src_bounds = {lo for lo, _ in region.spans}
-    sport_bounds = {ctx.sports.first()}
-    for leaf in reach:
-        for lo, hi in _as_set(leaf.domain(SRC)).spans:
-            src_bounds.update((lo, hi + 1))
-        for lo, hi in _as_set(leaf.domain(SPORT)).spans:
-            sport_bounds.update((lo, hi + 1))
-    cuts = sorted(src_bounds)
-    sports = [p for p in sorted(sport_bounds) if p in ctx.sports]
-    missing: list[tuple[int, int]] = []
-    undecided: list[tuple[int, int]] = []
-    for lo, hi in region.spans:
-        inner = [c for c in cuts[bisect_left(cuts, lo + 1):bisect_left(cuts, hi + 1)]]
-        for start, stop in zip([lo] + inner, inner + [hi + 1]):
-            holding = [leaf for leaf in reach if start in _as_set(leaf.domain(SRC))]
-            for sport in sports:
-                here = [leaf.opaque_list() for leaf in holding if sport in _as_set(leaf.domain(SPORT))]
-                if not here:
-                    missing.append((start, stop - 1))
-                    break
-                if not covers(here):
-                    undecided.append((start, stop - 1))
-                    break
-    return Intervals(missing), Intervals(undecided)
-
-
-def _unreachable(ctx: _Context, q: _Question, decided: list[Leaf], endpoint: tuple[int, int], sources: Intervals,
-                 maybe: bool) -> _Problem:
+def _unreachable(ctx: NodeContext, q: _Question, decided: list[Leaf], endpoint: tuple[int, int], sources: Intervals,
+                 maybe: bool) -> Problem:
     backend = q.spec.endpoints.get(endpoint)
     witness_src = sources.pick(ctx.pod_ips if q.origin == "pod" else ctx.outside_witnesses)
     packet = Packet(chains.protocol_name(q.spec.proto), ctx.addr(witness_src), SPORT_WITNESS, ctx.addr(q.dst),
                     q.dport)
-    owner = f" ({_backend_label(backend)})" if backend is not None else ""
-    message = (f"{_about(ctx, q)}: endpoint {ctx.endpoint_text(endpoint)}{owner} can never be chosen "
+    owner = f" ({backend_label(backend)})" if backend is not None else ""
+    message = (f"{describe_question(ctx, q)}: endpoint {ctx.endpoint_text(endpoint)}{owner} can never be chosen "
                f"for a new connection")
     witness = f"{packet}: the rules choose only {_chosen_summary(ctx, decided, witness_src)}"
     unknown = ""
     if maybe:
         opaque = [o for leaf in decided for o in leaf.opaque_list()]
-        unknown = _opaque_reason(opaque, decided[0]) if opaque else "unmodelled matches decide it"
-    return _problem(ctx, q, ("unreachable", endpoint), message, witness, _endpoint_locations(ctx, backend), unknown)
+        unknown = opaque_reason(opaque, decided[0]) if opaque else "unmodelled matches decide it"
+    return service_problem(ctx, q, ("unreachable", endpoint), message, witness, endpoint_locations(ctx, backend),
+                           unknown)
 
 
-def _chosen_summary(ctx: _Context, leaves: list[Leaf], src: int) -> str:
+def _chosen_summary(ctx: NodeContext, leaves: list[Leaf], src: int) -> str:
     chosen: dict[tuple, float] = {}
     lines: dict[tuple, int] = {}
     for leaf in leaves:
-        if src in _as_set(leaf.domain(SRC)):
+        if src in as_set(leaf.domain(SRC)):
             chosen[leaf.dnat] = chosen.get(leaf.dnat, 0.0) + leaf.prob
             lines.setdefault(leaf.dnat, _choice_line(leaf))
     if not chosen:
@@ -747,23 +470,10 @@ def _choice_line(leaf: Leaf) -> int:
     """The rule that chose the endpoint: the last jump into a KUBE-SEP chain, else the DNAT itself."""
     steps = leaf.step_list()
     return next((s.line for s in reversed(steps) if s.action.startswith(f"-> {kc.SEP_PREFIX}")),
-                _deciding_line(leaf))
+                deciding_line(leaf))
 
 
-def _backend_label(backend: Backend) -> str:
-    if backend.pod is not None:
-        return f"pod {backend.pod[0]}/{backend.pod[1]}"
-    return f"endpoint on {backend.node}" if backend.node else "endpoint"
-
-
-def _endpoint_locations(ctx: _Context, backend: Backend | None) -> list[Location]:
-    if backend is None or backend.pod is None:
-        return []
-    pod = ctx.cluster.pods_by_key.get(backend.pod)
-    return [located(pod.origin, f"pod {pod.namespace}/{pod.name}", "pod.ip")] if pod is not None else []
-
-
-def _missing_dispatch(ctx: _Context, q: _Question, leaves: list[Leaf]) -> list[_Problem]:
+def _missing_dispatch(ctx: NodeContext, q: _Question, leaves: list[Leaf]) -> list[Problem]:
     """KS205: packets of a spec service port must enter that port's chains (KUBE-SVC/SVL/EXT/FW-<hash>)."""
     mine = tuple(prefix + q.spec.hash for prefix in SERVICE_CHAIN_PREFIXES)
     for leaf in leaves:
@@ -776,7 +486,7 @@ def _missing_dispatch(ctx: _Context, q: _Question, leaves: list[Leaf]) -> list[_
                f"{q.spec.port_label} {q.what}): its packets never reach {expected}")
     witness = f"expected in nat {table_chain}: a rule matching {ctx.point_text(q.spec.proto, q.dst, q.dport)} " \
               f"that jumps to a {q.spec.name} chain"
-    problem = _problem(ctx, q, ("missing",), message, witness)
+    problem = service_problem(ctx, q, ("missing",), message, witness)
     problem.invariant = "KS205"
     problem.key = ("KS205", q.spec.name, q.spec.proto, q.what, "missing")
     problem.suppressed = suppression(q.spec.service.annotations, "KS205")
@@ -793,7 +503,7 @@ def _point(dst: int, proto: int, port: int) -> Box:
     return (Intervals.point(dst), Intervals.point(proto), Intervals.point(port))
 
 
-def _allowed_boxes(ctx: _Context, specs: list[PortSpec]) -> tuple[dict[str, list[Box]], dict[str, list[Box]]]:
+def _allowed_boxes(ctx: NodeContext, specs: list[PortSpec]) -> tuple[dict[str, list[Box]], dict[str, list[Box]]]:
     """Per chain hash, the packets its dispatch may send there; per kube filter chain, what it may refuse."""
     everywhere = universe(DST, ctx.family)
     by_chain: dict[str, list[Box]] = {}
@@ -820,7 +530,7 @@ def _spec_of_chain(specs: list[PortSpec]) -> dict[str, PortSpec]:
     return {prefix + s.hash: s for s in specs for prefix in SERVICE_CHAIN_PREFIXES}
 
 
-def _extra_rules(ctx: _Context, specs: list[PortSpec]) -> tuple[list[_Problem], int]:
+def _extra_rules(ctx: NodeContext, specs: list[PortSpec]) -> tuple[list[Problem], int]:
     by_chain, refusals = _allowed_boxes(ctx, specs)
     owners = _spec_of_chain(specs)
     problems = []
@@ -854,7 +564,7 @@ def _entry(cr: chains.CRule, table: str, chain: str, by_chain: dict, refusals: d
     return [], None
 
 
-def _box(ctx: _Context, cr: chains.CRule) -> Box | None:
+def _box(ctx: NodeContext, cr: chains.CRule) -> Box | None:
     """The (destination, protocol, port) packets a rule can match, ignoring its other conditions; None if none."""
     family = ctx.family
     fields = {DST: universe(DST, family), PROTO: universe(PROTO, family), DPORT: universe(DPORT, family)}
@@ -873,8 +583,8 @@ def _box_within(box: Box, allowed: Box) -> bool:
     return all(part.issubset(limit) for part, limit in zip(box, allowed))
 
 
-def _extra_rule(ctx: _Context, cr: chains.CRule, box: Box, allowed: list[Box], role: str,
-                owners: dict[str, PortSpec]) -> list[_Problem]:
+def _extra_rule(ctx: NodeContext, cr: chains.CRule, box: Box, allowed: list[Box], role: str,
+                owners: dict[str, PortSpec]) -> list[Problem]:
     packet = PacketVars.make(ctx.family)
     formulas = []
     for atom in cr.atoms:
@@ -890,7 +600,7 @@ def _extra_rule(ctx: _Context, cr: chains.CRule, box: Box, allowed: list[Box], r
     subject = owner.label if owner is not None else f"rule {ctx.rules_name}:{cr.line}"
     key = ("KS205", "extra", cr.line)
     if answer.status == Z3_UNKNOWN:
-        return [_Problem("KS205", key, f"rule at line {cr.line} ({role}) could not be checked: {answer.reason}",
+        return [Problem("KS205", key, f"rule at line {cr.line} ({role}) could not be checked: {answer.reason}",
                          (location,), subject=subject, unknown=answer.reason)]
     if answer.status != SAT:
         return []
@@ -916,20 +626,20 @@ def _extra_rule(ctx: _Context, cr: chains.CRule, box: Box, allowed: list[Box], r
     if owner is not None:
         locations += (located(owner.service.origin, owner.label, "service.ports"),)
     suppressed = suppression(owner.service.annotations, "KS205") if owner is not None else None
-    return [_Problem("KS205", key, message, locations, f"{what} matches: {cr.rule.text}", subject, unknown,
-                     suppressed)]
+    return [Problem("KS205", key, message, locations, f"{what} matches: {cr.rule.text}", subject, unknown,
+                    suppressed)]
 
 
 # --- KS201: pod to pod, unchanged, over the whole pod network --------------------------------------
 
 
-def _pod_to_pod(ctx: _Context) -> tuple[list[_Problem], int]:
+def _pod_to_pod(ctx: NodeContext) -> tuple[list[Problem], int]:
     """No pod-to-pod packet through this node is DNATed, SNATed/masqueraded, dropped or rejected."""
     family = ctx.family
     remote = ctx.pod_net - ctx.own_pods
     runs = [("pods on this node", ctx.own_pods, ctx.pod_net, BRIDGE),
             ("pods on other nodes", remote, ctx.own_pods, None)]
-    problems: list[_Problem] = []
+    problems: list[Problem] = []
     questions = 0
     packet = PacketVars.make(family)
     for label, src, dst, iif in runs:
@@ -940,193 +650,38 @@ def _pod_to_pod(ctx: _Context) -> tuple[list[_Problem], int]:
         try:
             leaves = chains.explore(ctx.program, "pod", fields, iif, symbolic=True)
         except chains.TooManyPaths as exc:
-            problems.append(_Problem("KS201", ("KS201", "paths", label), f"pod-to-pod traffic from {label}: {exc}",
-                                     unknown=str(exc), subject=f"node {ctx.node.name}"))
+            problems.append(Problem("KS201", ("KS201", "paths", label), f"pod-to-pod traffic from {label}: {exc}",
+                                    unknown=str(exc), subject=f"node {ctx.node.name}"))
             continue
         bad = [leaf for leaf in leaves if not (leaf.verdict == "ACCEPT" and leaf.dnat is None and leaf.snat is None)]
         shown: set[tuple] = set()
         for leaf in bad:
-            key = _pod_key(ctx, leaf)
+            key = pod_key(ctx, leaf)
             if key in shown:
                 continue
             base = [member(packet.fields[SRC], src), member(packet.fields[DST], dst)] + chains.leaf_formula(leaf, packet)
             answer = ctx.solver.check(packet, base)
             if answer.status == SAT:
-                for preferred in _witness_preferences(ctx, packet):
+                for preferred in witness_preferences(ctx, packet):
                     nicer = ctx.solver.check(packet, base + preferred)
                     if nicer.status == SAT:
                         answer = nicer
                         break
             if answer.status == Z3_UNKNOWN:
-                problems.append(_Problem("KS201", ("KS201", "unknown", label, _deciding_line(leaf)),
-                                         f"pod-to-pod traffic from {label} could not be decided: {answer.reason}",
-                                         subject=f"node {ctx.node.name}", unknown=answer.reason))
+                problems.append(Problem("KS201", ("KS201", "unknown", label, deciding_line(leaf)),
+                                        f"pod-to-pod traffic from {label} could not be decided: {answer.reason}",
+                                        subject=f"node {ctx.node.name}", unknown=answer.reason))
                 continue
             if answer.status == SAT:
-                problem = _pod_problem(ctx, label, iif, answer.values, leaf)
+                problem = pod_problem(ctx, label, iif, answer.values, leaf)
                 if not problem.unknown and (leaf.opaque is not None or leaf.verdict == "UNKNOWN"):
                     # certain only if the packet goes wrong whatever the unmodelled matches answer
-                    same = [b.opaque_list() for b in bad if b.verdict != "UNKNOWN" and _holds(b, answer.values)]
+                    same = [b.opaque_list() for b in bad if b.verdict != "UNKNOWN" and leaf_holds(b, answer.values)]
                     if leaf.verdict == "UNKNOWN" or not covers(same):
-                        problem.unknown = _opaque_reason(leaf.opaque_list(), leaf)
+                        problem.unknown = opaque_reason(leaf.opaque_list(), leaf)
                 problems.append(problem)
                 if not problem.unknown:
                     shown.add(key)
     return problems, questions
 
 
-def _pod_key(ctx: _Context, leaf: Leaf) -> tuple:
-    return (leaf.verdict, chains.dnat_text(leaf.dnat, ctx.family), leaf.snat, _deciding_line(leaf))
-
-
-def _holds(leaf: Leaf, values: Sequence[int]) -> bool:
-    """Whether the packet ``values`` (src, dst, proto, sport, dport as it entered) reaches ``leaf``."""
-    return all(v in _as_set(leaf.domain(f)) for f, v in enumerate(values))
-
-
-def _witness_preferences(ctx: _Context, packet: PacketVars) -> list[list]:
-    """Nicer witnesses to try first: real pods' addresses, then any TCP packet to port 80."""
-    tcp = [packet.fields[PROTO] == 6, packet.fields[SPORT] == SPORT_WITNESS, packet.fields[DPORT] == 80]
-    pods = sorted(ctx.index.pod_ips[ctx.family])[:64]
-    if not pods:
-        return [tcp]
-    addresses = Intervals((ip, ip) for ip in pods)
-    return [tcp + [member(packet.fields[SRC], addresses), member(packet.fields[DST], addresses)], tcp]
-
-
-def _pod_problem(ctx: _Context, label: str, iif: str | None, values: tuple[int, ...], leaf: Leaf) -> _Problem:
-    packet = Packet(chains.protocol_name(values[PROTO]), ctx.addr(values[SRC]), values[SPORT],
-                    ctx.addr(values[DST]), values[DPORT])
-    trace_text, replay_problem = _replay(ctx, "pod", iif, packet, leaf)
-    if leaf.dnat is not None:
-        what = f"has its destination rewritten to {chains.dnat_text(leaf.dnat, ctx.family)}"
-    elif leaf.snat is not None:
-        what = f"has its source rewritten ({leaf.snat})"
-    else:
-        what = f"is {_verb(leaf.verdict)}"
-    line = _deciding_line(leaf)
-    src_pod = ctx.index.pods_by_ip.get(values[SRC])
-    dst_pod = ctx.index.pods_by_ip.get(values[DST])
-    names = [f"pod {p.namespace}/{p.name}" for p in (src_pod, dst_pod) if p is not None]
-    locations = [ctx.rule_location(line)] if line else []
-    locations += [located(p.origin, f"pod {p.namespace}/{p.name}", "pod.ip") for p in (src_pod, dst_pod) if p]
-    locations.append(located(ctx.node.origin, f"node {ctx.node.name}", "node.podCIDR"))
-    between = f" ({' to '.join(names)})" if names else ""
-    message = f"pod-to-pod traffic from {label} through node {ctx.node.name} {what}{between}"
-    return _Problem("KS201", ("KS201", "rules") + _pod_key(ctx, leaf), message, tuple(locations),
-                    f"{packet}: {trace_text}", f"node {ctx.node.name}", replay_problem)
-
-
-def _pod_routes(ctx: _Context) -> tuple[list[_Problem], int]:
-    """Every node's podCIDR is routed: this node's on the bridge, the others via their node IP."""
-    if ctx.routes is None:
-        return [], 0
-    family = ctx.family
-    table = _RouteIndex(list(ctx.routes.family(family)))
-    problems = []
-    checked = 0
-    for other in sorted(ctx.cluster.nodes, key=lambda n: n.name):
-        via = next((ip for ip in other.ips if ip.version == family), None)
-        for cidr in other.pod_cidrs:
-            if cidr.version != family:
-                continue
-            checked += 1
-            mine = other.name == ctx.node.name
-            if not mine and via is None:
-                problems.append(_route_problem(ctx, other, cidr, None, f"node {other.name} has no IPv{family} "
-                                               "address, so its podCIDR cannot be routed to", None))
-                continue
-            problems += _check_cidr_routes(ctx, other, cidr, table, None if mine else via)
-    return problems, checked
-
-
-def _route_ok(route: routes_batch.Route, via) -> bool:
-    if route.type != "unicast":
-        return False
-    if via is None:
-        return route.dev == BRIDGE and route.via is None
-    return route.via == via
-
-
-class _RouteIndex:
-    """Routes of one family, found by prefix in O(log n) instead of a scan per podCIDR.
-
-    A scan would make KS201's route check quadratic in the nodes (5,000 nodes,
-    5,000 routes each: 25 million prefix tests)."""
-
-    def __init__(self, routes: list) -> None:
-        self.by_prefix: dict[tuple[int, int], list] = defaultdict(list)
-        for route in routes:
-            self.by_prefix[(int(route.prefix.network_address), route.prefix.prefixlen)].append(route)
-        self.lengths = sorted({r.prefix.prefixlen for r in routes})
-        self.starts = sorted(routes, key=lambda r: (int(r.prefix.network_address), r.prefix.prefixlen))
-        self.keys = [int(r.prefix.network_address) for r in self.starts]
-
-    def covering(self, cidr: IPNetwork) -> list:
-        """Routes whose prefix contains ``cidr`` (itself included)."""
-        found = []
-        bits = cidr.max_prefixlen
-        for length in self.lengths:
-            if length > cidr.prefixlen:
-                break
-            network = int(cidr.network_address) >> (bits - length) << (bits - length)
-            found += self.by_prefix.get((network, length), [])
-        return found
-
-    def inner(self, cidr: IPNetwork) -> list:
-        """Routes strictly inside ``cidr``."""
-        low, high = int(cidr.network_address), int(cidr.broadcast_address)
-        found = []
-        for route in self.starts[bisect_left(self.keys, low):]:
-            if int(route.prefix.network_address) > high:
-                break
-            if route.prefix != cidr and route.prefix.prefixlen > cidr.prefixlen:
-                found.append(route)
-        return found
-
-
-def _check_cidr_routes(ctx: _Context, owner: Node, cidr: IPNetwork, table: _RouteIndex, via) -> list[_Problem]:
-    whole = Intervals.of_network(cidr)
-    inner = table.inner(cidr)
-    covering = table.covering(cidr)
-    best = None
-    if covering:
-        longest = max(r.prefix.prefixlen for r in covering)
-        best = min((r for r in covering if r.prefix.prefixlen == longest), key=lambda r: r.metric or 0)
-    problems = []
-    expected = f"dev {BRIDGE}" if via is None else f"via {via} (node {owner.name})"
-    for route in inner:
-        if not _route_ok(route, via):
-            problems.append(_route_problem(ctx, owner, cidr, route, f"route for {route.prefix} inside "
-                                           f"{owner.name}'s podCIDR {cidr} is '{route.text}', expected {expected}",
-                                           Intervals.of_network(route.prefix)))
-    rest = whole - Intervals.of_networks(r.prefix for r in inner)
-    if rest:
-        if best is None:
-            problems.append(_route_problem(ctx, owner, cidr, None, f"no route for {cidr} ({owner.name}'s podCIDR): "
-                                           f"packets to its pods are not delivered (expected {expected})", rest))
-        elif not _route_ok(best, via):
-            problems.append(_route_problem(ctx, owner, cidr, best, f"{cidr} ({owner.name}'s podCIDR) is routed by "
-                                           f"'{best.text}', expected {expected}", rest))
-    return problems
-
-
-def _route_problem(ctx: _Context, owner: Node, cidr: IPNetwork, route, message: str,
-                   addresses: Intervals | None) -> _Problem:
-    locations = []
-    if route is not None and ctx.routes_name:
-        locations.append(Location(Span(ctx.routes_name, route.line, 1, route.line, len(route.text) + 1),
-                                  f"route at {ctx.routes_name}:{route.line}"))
-    locations.append(located(owner.origin, f"node {owner.name}", "node.podCIDR"))
-    witness = ""
-    if addresses:
-        dst_pods = [p for p in ctx.index.pods_by_node.get(owner.name, ()) for ip in p.ips
-                    if ip.version == ctx.family and int(ip) in addresses]
-        dst = int(dst_pods[0].ips[0]) if dst_pods else addresses.pick()
-        src = ctx.pod_ips[0] if ctx.pod_ips else (ctx.own_pods.pick() if ctx.own_pods else ctx.node_ip)
-        if src is not None:
-            packet = Packet("tcp", ctx.addr(src), SPORT_WITNESS, ctx.addr(dst), 80)
-            target = f" (pod {dst_pods[0].namespace}/{dst_pods[0].name})" if dst_pods else ""
-            witness = f"{packet}{target}: {ctx.routes_name}: {message}"
-    return _Problem("KS201", ("KS201", "route", str(cidr), route.line if route else 0), message, tuple(locations),
-                    witness, f"node {ctx.node.name}")
