@@ -56,6 +56,10 @@ class Intervals:
     __slots__ = ("spans",)
 
     def __init__(self, spans: Iterable[tuple[int, int]] = ()) -> None:
+        spans = spans if isinstance(spans, (list, tuple)) else list(spans)
+        if len(spans) <= 1:  # the common case (one address, one network): nothing to sort or merge
+            self.spans = tuple((lo, hi) for lo, hi in spans if lo <= hi)
+            return
         merged: list[list[int]] = []
         for lo, hi in sorted(spans):
             if lo > hi:
