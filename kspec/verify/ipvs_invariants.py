@@ -63,37 +63,28 @@ from kspec.verify.encode import (
     DST,
     EMPTY,
     PROTO,
-    SAT,
     SPORT,
     SRC,
-    UNKNOWN as Z3_UNKNOWN,
     Intervals,
-    PacketVars,
-    member,
-    universe,
 )
 from kspec.verify.findings import (
     SPORT_WITNESS,
     Problem,
     backend_label,
     build_verdict,
-    deciding_line,
     describe_question,
     endpoint_list,
     endpoint_locations,
     opaque_reason,
     packet_values,
-    pod_key,
-    pod_problem,
     service_problem,
     verb,
     witness_packet,
-    witness_preferences,
     witness_text,
 )
-from kspec.verify.leaf_cover import as_set, covers, leaf_holds, uncovered_cells, union_of
+from kspec.verify.leaf_cover import as_set, covers, uncovered_cells, union_of
 from kspec.verify.node_context import BRIDGE, NodeContext, node_hooks
-from kspec.verify.packet_invariants import Expect
+from kspec.verify.packet_invariants import Expect, pod_to_pod
 from kspec.verify.routes_check import pod_routes
 from kspec.verify.result import Location, Verdict
 from kspec.verify.spans import located, suppression
@@ -543,7 +534,7 @@ def check_node_ipvs(cluster: ResolvedCluster, node: Node, iptables_text: str, ip
         checked["KS205"] += count
         subjects["KS205"] += [spec.label for spec in plan.ports]
     if "KS201" in wanted:
-        rule_problems, questions = _pod_to_pod(ctx)
+        rule_problems, questions = pod_to_pod(ctx)
         route_problems, routes_checked = pod_routes(ctx)
         problems += rule_problems + route_problems
         checked["KS201"] += questions + routes_checked
@@ -994,63 +985,3 @@ def _member_role(item: SetMember) -> str:
     if item.owner is None:
         return ""
     return f" ({item.owner.label} {item.owner.port_label})"
-
-
-# --- KS201: pod to pod, unchanged ---------------------------------------------------------------
-
-
-def _pod_to_pod(ctx: NodeContext) -> tuple[list[Problem], int]:
-    """No pod-to-pod packet through this node is rewritten, masqueraded, dropped or rejected.
-
-    As in iptables mode, with one more condition: a pod's packets to its own
-    address never reach the node (they stay in the pod), so the hairpin
-    masquerade KUBE-LOOP-BACK applies to (endpoint -> itself) is no finding.
-    """
-    family = ctx.family
-    remote = ctx.pod_net - ctx.own_pods
-    runs = [("pods on this node", ctx.own_pods, ctx.pod_net, BRIDGE),
-            ("pods on other nodes", remote, ctx.own_pods, None)]
-    problems: list[Problem] = []
-    questions = 0
-    packet = PacketVars.make(family)
-    for label, src, dst, iif in runs:
-        if not src or not dst:
-            continue
-        questions += 1
-        fields = [src, dst, universe(PROTO, family), universe(SPORT, family), universe(DPORT, family)]
-        try:
-            leaves = chains.explore(ctx.program, "pod", fields, iif, symbolic=True)
-        except chains.TooManyPaths as exc:
-            problems.append(Problem("KS201", ("KS201", "paths", label), f"pod-to-pod traffic from {label}: {exc}",
-                                    unknown=str(exc), subject=f"node {ctx.node.name}"))
-            continue
-        bad = [leaf for leaf in leaves if not (leaf.verdict == "ACCEPT" and leaf.dnat is None and leaf.snat is None)]
-        shown: set[tuple] = set()
-        for leaf in bad:
-            key = pod_key(ctx, leaf)
-            if key in shown:
-                continue
-            base = [member(packet.fields[SRC], src), member(packet.fields[DST], dst),
-                    packet.fields[SRC] != packet.fields[DST]] + chains.leaf_formula(leaf, packet)
-            answer = ctx.solver.check(packet, base)
-            if answer.status == SAT:
-                for preferred in witness_preferences(ctx, packet):
-                    nicer = ctx.solver.check(packet, base + preferred)
-                    if nicer.status == SAT:
-                        answer = nicer
-                        break
-            if answer.status == Z3_UNKNOWN:
-                problems.append(Problem("KS201", ("KS201", "unknown", label, deciding_line(leaf)),
-                                        f"pod-to-pod traffic from {label} could not be decided: {answer.reason}",
-                                        subject=f"node {ctx.node.name}", unknown=answer.reason))
-                continue
-            if answer.status == SAT:
-                problem = pod_problem(ctx, label, iif, answer.values, leaf)
-                if not problem.unknown and (leaf.opaque is not None or leaf.verdict == "UNKNOWN"):
-                    same = [b.opaque_list() for b in bad if b.verdict != "UNKNOWN" and leaf_holds(b, answer.values)]
-                    if leaf.verdict == "UNKNOWN" or not covers(same):
-                        problem.unknown = opaque_reason(leaf.opaque_list(), leaf)
-                problems.append(problem)
-                if not problem.unknown:
-                    shown.add(key)
-    return problems, questions

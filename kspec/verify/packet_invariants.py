@@ -271,7 +271,7 @@ def check_node(cluster: ResolvedCluster, node: Node, rules_text: str, rules_name
         problems += entry_problems
         checked["KS205"] += entries
     if "KS201" in wanted:
-        rule_problems, questions = _pod_to_pod(ctx)
+        rule_problems, questions = pod_to_pod(ctx)
         route_problems, routes_checked = pod_routes(ctx)
         problems += rule_problems + route_problems
         checked["KS201"] += questions + routes_checked
@@ -633,8 +633,13 @@ def _extra_rule(ctx: NodeContext, cr: chains.CRule, box: Box, allowed: list[Box]
 # --- KS201: pod to pod, unchanged, over the whole pod network --------------------------------------
 
 
-def _pod_to_pod(ctx: NodeContext) -> tuple[list[Problem], int]:
-    """No pod-to-pod packet through this node is DNATed, SNATed/masqueraded, dropped or rejected."""
+def pod_to_pod(ctx: NodeContext) -> tuple[list[Problem], int]:
+    """No pod-to-pod packet through this node is DNATed, SNATed/masqueraded, dropped or rejected.
+
+    Shared by the iptables- and IPVS-mode checkers. A pod's packets to its own
+    address never reach the node (they stay in the pod), so a hairpin
+    masquerade (IPVS mode's KUBE-LOOP-BACK) for endpoint -> itself is no finding.
+    """
     family = ctx.family
     remote = ctx.pod_net - ctx.own_pods
     runs = [("pods on this node", ctx.own_pods, ctx.pod_net, BRIDGE),
@@ -659,7 +664,8 @@ def _pod_to_pod(ctx: NodeContext) -> tuple[list[Problem], int]:
             key = pod_key(ctx, leaf)
             if key in shown:
                 continue
-            base = [member(packet.fields[SRC], src), member(packet.fields[DST], dst)] + chains.leaf_formula(leaf, packet)
+            base = [member(packet.fields[SRC], src), member(packet.fields[DST], dst),
+                    packet.fields[SRC] != packet.fields[DST]] + chains.leaf_formula(leaf, packet)
             answer = ctx.solver.check(packet, base)
             if answer.status == SAT:
                 for preferred in witness_preferences(ctx, packet):
