@@ -7,11 +7,9 @@ import json
 from collections import Counter
 from typing import IO, Any
 
-from kspec.diagnostics import Diagnostic, render
+from kspec.commands.common import load_inputs
 from kspec.frontend.assemble import Flags
 from kspec.model import ResolvedCluster
-from kspec.pipeline import load
-from kspec.progress import Progress
 
 EPILOG = """examples:
   kspec check examples/explainer/cluster.kspec
@@ -20,14 +18,6 @@ EPILOG = """examples:
 
 exit codes: 0 the input is valid, 2 it is not (every error is listed)
 """
-
-
-def print_diagnostics(diagnostics: list[Diagnostic], stderr: IO, quiet: bool = False) -> None:
-    color = hasattr(stderr, "isatty") and stderr.isatty()
-    for diagnostic in diagnostics:
-        if quiet and not diagnostic.is_error:
-            continue
-        print(render(diagnostic, color=color), file=stderr)
 
 
 def summary(cluster: ResolvedCluster, documents: int, warnings: int) -> dict[str, Any]:
@@ -105,11 +95,8 @@ def render_summary(facts: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace, flags: Flags, stdin: IO, stdout: IO, stderr: IO) -> int:
-    result = load(args.inputs, stdin, flags, args.lock, Progress(stderr, None if not args.quiet else False))
-    print_diagnostics(result.diagnostics, stderr, args.quiet)
-    errors = sum(1 for d in result.diagnostics if d.is_error)
-    if errors or result.cluster is None:
-        print(f"kspec check: {errors} error{'s' if errors != 1 else ''}", file=stderr)
+    result = load_inputs("check", args, flags, stdin, stderr)
+    if result is None:
         return 2
     warnings = sum(1 for d in result.diagnostics if not d.is_error)
     facts = summary(result.cluster, result.documents, warnings)

@@ -11,16 +11,13 @@ import argparse
 import os
 import shutil
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from kspec.commands.check import print_diagnostics
+from kspec.commands.common import load_inputs, with_proxy_mode
 from kspec.compile import compile_cluster
 from kspec.diagnostics import InputError, render
 from kspec.frontend.assemble import Flags
-from kspec.pipeline import load
-from kspec.progress import Progress
 
 EPILOG = """examples:
   kspec compile examples/explainer/cluster.kspec -o out/
@@ -73,16 +70,10 @@ def run(args: argparse.Namespace, flags: Flags, stdin: IO, stdout: IO, stderr: I
               "  hint: choose a new or empty directory; kspec replaces its output directory as a whole", file=stderr)
         return 2
     lock = args.lock if args.lock is not None else target / MARKER
-    result = load(args.inputs, stdin, flags, lock, Progress(stderr, None if not args.quiet else False))
-    print_diagnostics(result.diagnostics, stderr, args.quiet)
-    if result.cluster is None or not result.ok:
-        errors = sum(1 for d in result.diagnostics if d.is_error)
-        print(f"kspec compile: {errors} error{'s' if errors != 1 else ''}; nothing written", file=stderr)
+    result = load_inputs("compile", args, flags, stdin, stderr, lock, "; nothing written")
+    if result is None:
         return 2
-    cluster = result.cluster
-    if args.proxy_mode:
-        cluster = replace(cluster, settings=replace(cluster.settings, proxy=replace(cluster.settings.proxy,
-                                                                                      mode=args.proxy_mode)))
+    cluster = with_proxy_mode(result.cluster, args.proxy_mode)
     unknown = sorted(set(args.node or ()) - {n.name for n in cluster.nodes})
     if unknown:
         print(f"kspec compile: error: unknown node {', '.join(unknown)}\n  hint: the nodes are "

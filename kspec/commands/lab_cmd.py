@@ -7,18 +7,16 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import IO
 
-from kspec.commands.check import print_diagnostics
+from kspec.commands.common import load_inputs, print_diagnostics, with_proxy_mode
 from kspec.compile import compile_cluster
 from kspec.diagnostics import InputError
 from kspec.frontend.assemble import Flags
 from kspec.lab import command, report as lab_report, state
 from kspec.lab.expect import ProbeOptions
 from kspec.lab.netns import LabError, LabUnavailable, check_environment
-from kspec.pipeline import load
 
 EPILOG = """examples:
   sudo kspec lab probe examples/lab/cluster.kspec            # build, probe, remove
@@ -156,16 +154,10 @@ def _down(name: str, quiet: bool, stdout: IO, stderr: IO) -> int:
 
 def _up_or_probe(action: str, name: str, args: argparse.Namespace, flags: Flags, options: ProbeOptions,
                  stdin: IO, stdout: IO, stderr: IO) -> int:
-    result = load(args.inputs, stdin, flags, args.lock)
-    print_diagnostics(result.diagnostics, stderr, args.quiet)
-    if result.cluster is None or not result.ok:
-        errors = sum(1 for d in result.diagnostics if d.is_error)
-        print(f"kspec lab {action}: {errors} input error{'s' if errors != 1 else ''}", file=stderr)
+    result = load_inputs(f"lab {action}", args, flags, stdin, stderr)
+    if result is None:
         return 2
-    cluster = result.cluster
-    if args.proxy_mode:
-        proxy = replace(cluster.settings.proxy, mode=args.proxy_mode)
-        cluster = replace(cluster, settings=replace(cluster.settings, proxy=proxy))
+    cluster = with_proxy_mode(result.cluster, args.proxy_mode)
     try:
         compiled = list(compile_cluster(cluster)) if cluster.settings.proxy.mode == "iptables" else []
         prep = command.prepare(cluster, compiled, name, args.inputs, options, args.allow_any_addresses, args.rules)

@@ -27,11 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from kspec.commands.check import print_diagnostics
+from kspec.commands.common import load_inputs, print_diagnostics
 from kspec.diagnostics import InputError
 from kspec.frontend.assemble import Flags
-from kspec.pipeline import load
-from kspec.progress import Progress
 from kspec.trace import (
     CHOICE_PREFIXES,
     SPORT,
@@ -135,11 +133,8 @@ def run(args: argparse.Namespace, flags: Flags | None, stdin: IO, stdout: IO, st
     if problem:
         print(f"kspec trace: error: {problem}", file=stderr)
         return 2
-    loaded = load(args.inputs, stdin, flags, args.lock, Progress(stderr, None if not args.quiet else False))
-    print_diagnostics(loaded.diagnostics, stderr, args.quiet)
-    if loaded.cluster is None or not loaded.ok:
-        errors = sum(1 for d in loaded.diagnostics if d.is_error)
-        print(f"kspec trace: {errors} input error{'s' if errors != 1 else ''}", file=stderr)
+    loaded = load_inputs("trace", args, flags, stdin, stderr)
+    if loaded is None:
         return 2
     try:
         result = trace(loaded.cluster, args.source, args.destination, rules=rules, via=args.via, family=args.family,

@@ -6,11 +6,9 @@ import argparse
 from pathlib import Path
 from typing import IO
 
-from kspec.commands.check import print_diagnostics
+from kspec.commands.common import load_inputs, print_diagnostics
 from kspec.diagnostics import InputError
 from kspec.frontend.assemble import Flags
-from kspec.pipeline import load
-from kspec.progress import Progress
 from kspec.reports.json_report import render_json
 from kspec.reports.junit import render_junit
 from kspec.reports.sarif import render_sarif
@@ -99,11 +97,8 @@ def run(args: argparse.Namespace, flags: Flags | None, stdin: IO, stdout: IO, st
         if message:
             print(message, file=stderr)
             return 2
-    result = load(args.inputs, stdin, flags, args.lock, Progress(stderr, None if not args.quiet else False))
-    print_diagnostics(result.diagnostics, stderr, args.quiet)
-    if result.cluster is None or not result.ok:
-        errors = sum(1 for d in result.diagnostics if d.is_error)
-        print(f"kspec verify: {errors} input error{'s' if errors != 1 else ''}", file=stderr)
+    result = load_inputs("verify", args, flags, stdin, stderr)
+    if result is None:
         return 2
     cluster = result.cluster
     known = {n.name for n in cluster.nodes}
