@@ -53,6 +53,7 @@ from kspec.model import (
     ServiceEndpoints,
     ServicePort,
 )
+from netns_support import netns_skip_reason
 
 GOLDEN = Path(__file__).parent / "golden" / "iptables"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.json").exists())
@@ -693,20 +694,9 @@ for name in sys.argv[1:]:
 """
 
 
-def _netns_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    if shutil.which("ip") is None:
-        return "iproute2 'ip' is not installed"
-    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"'ip netns' is unavailable: {probe.stderr.strip()}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def netns():
-    reason = _netns_skip_reason()
+    reason = netns_skip_reason()
     if reason:
         pytest.skip(reason)
     name = f"ks-test-ipt-{uuid.uuid4().hex[:8]}"

@@ -2,15 +2,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import shutil
 import subprocess
-import uuid
 
 import pytest
 
 from backend_factories import cluster, node
 from kspec.backends.routes import gateway, generate
+from netns_support import throwaway_netns
 
 # only 198.18.0.0/15 (benchmarking range) in anything loaded into a namespace
 NODES = [
@@ -73,17 +71,6 @@ def test_gateway_is_first_address():
     assert str(gateway(ipaddress.ip_network("fd00:1::/64"))) == "fd00:1::1"
 
 
-def _netns_available() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    if shutil.which("ip") is None:
-        return "iproute2 `ip` is not installed"
-    probe = subprocess.run(["ip", "netns", "list"], capture_output=True)
-    if probe.returncode != 0:
-        return "`ip netns` is unavailable"
-    return None
-
-
 def ip_(*args: str, input: str | None = None) -> str:
     done = subprocess.run(["ip", *args], capture_output=True, text=True, input=input)
     assert done.returncode == 0, f"ip {' '.join(args)}: {done.stderr}"
@@ -92,15 +79,8 @@ def ip_(*args: str, input: str | None = None) -> str:
 
 @pytest.fixture
 def netns():
-    reason = _netns_available()
-    if reason:
-        pytest.skip(reason)
-    name = f"ks-test-routes-{uuid.uuid4().hex[:8]}"
-    ip_("netns", "add", name)
-    try:
+    with throwaway_netns("routes") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
 
 
 @pytest.mark.netns

@@ -5,15 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from kspec.cli import main
+from netns_support import throwaway_netns
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -138,31 +137,10 @@ def test_random_fully_and_nfacct_flags(tmp_path):
 
 # --- the real tools, inside throw-away network namespaces ---------------------------
 
-def _netns_available() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root for network namespaces"
-    if shutil.which("ip") is None or shutil.which("iptables-restore") is None:
-        return "needs iproute2 and iptables"
-    probe = f"ks-test-probe-{uuid.uuid4().hex[:6]}"
-    if subprocess.run(["ip", "netns", "add", probe], capture_output=True).returncode != 0:
-        return "ip netns add is not permitted here"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
-    return None
-
-
-NETNS_SKIP = _netns_available()
-
-
 @pytest.fixture
 def netns():
-    if NETNS_SKIP:
-        pytest.skip(NETNS_SKIP)
-    name = f"ks-test-cmp-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with throwaway_netns("cmp", "iptables-restore") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
 @pytest.mark.netns
@@ -179,16 +157,10 @@ def test_compiled_iptables_rules_load_with_iptables_restore(tmp_path, netns, exa
 @pytest.mark.netns
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir()))
 def test_compiled_ipvs_mode_ipsets_and_rules_load(tmp_path, example):
-    if NETNS_SKIP:
-        pytest.skip(NETNS_SKIP)
-    if shutil.which("ipset") is None:
-        pytest.skip("needs ipset")
     out = tmp_path / "out"
     assert compile_to(out, str(EXAMPLES / example / "cluster.kspec"), extra=("--proxy-mode", "ipvs"))[0] == 0
     for node_dir in sorted((out / "nodes").iterdir()):
-        name = f"ks-test-ipvs-{uuid.uuid4().hex[:8]}"
-        subprocess.run(["ip", "netns", "add", name], check=True)
-        try:
+        with throwaway_netns("ipvs", "ipset", "iptables-restore") as name:
             loaded = subprocess.run(["ip", "netns", "exec", name, "ipset", "restore"],
                                     input=(node_dir / "ipset.rules").read_text(), capture_output=True, text=True)
             assert loaded.returncode == 0, loaded.stderr
@@ -197,5 +169,3 @@ def test_compiled_ipvs_mode_ipsets_and_rules_load(tmp_path, example):
             tested = subprocess.run(["ip", "netns", "exec", name, "iptables-restore", "--test"],
                                     input=(node_dir / "iptables.rules").read_text(), capture_output=True, text=True)
             assert tested.returncode == 0, tested.stderr
-        finally:
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)

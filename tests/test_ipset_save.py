@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -18,6 +16,7 @@ from kspec.dataplane import ipset_save as ips
 from kspec.diagnostics import InputError
 from kspec.frontend.assemble import Flags
 from kspec.pipeline import load
+from netns_support import netns_skip_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*/cluster.kspec") if p.parent.name != "broken")
@@ -154,16 +153,8 @@ def test_any_text_parses_or_fails_with_a_located_error(text):
         assert span.file == "fuzz" and span.line >= 1 and span.col >= 1
 
 
-def _netns_ipset_available() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
-    if not shutil.which("ip") or not shutil.which("ipset"):
-        return "needs iproute2 and ipset"
-    return None
-
-
 def test_real_ipset_save_has_the_same_sets_and_members(tmp_path):
-    reason = _netns_ipset_available()
+    reason = netns_skip_reason("ipset")
     if reason:
         pytest.skip(reason)
     text = ipvs_texts(ROOT / "examples" / "multi-namespace" / "cluster.kspec", "ipset.rules")[

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import shutil
 import subprocess
-import uuid
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +13,7 @@ from hypothesis import strategies as st
 from kspec.backends import iptables
 from kspec.dataplane import iptables_save as ipt
 from kspec.diagnostics import InputError
+from netns_support import throwaway_netns
 
 
 def keys(ruleset: ipt.RuleSet) -> dict:
@@ -306,28 +305,10 @@ def test_random_rules_read_the_same_in_both_spellings(pair):
 # --- the real dump: load compiled rules into a namespace and save them back ---------------------
 
 
-def _netns_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    if shutil.which("ip") is None:
-        return "iproute2 'ip' is not installed"
-    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"'ip netns' is unavailable: {probe.stderr.strip()}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def namespace():
-    reason = _netns_skip_reason()
-    if reason:
-        pytest.skip(reason)
-    name = f"ks-test-save-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with throwaway_netns("save") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
 def save_roundtrip(namespace: str, text: str, variant: str, family: int = 4, counters: bool = False) -> str:

@@ -33,6 +33,7 @@ from kspec.verify.ipvs_invariants import PACKET_IDS, SetResolver, check_node_ipv
 from kspec.verify.result import PROVED, UNKNOWN, VIOLATED
 from test_packet_invariants import HAND_BUILT, lab_cluster, scale_cluster
 from test_planted_faults import small_clusters
+from netns_support import netns_skip_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*/*") if p.suffix in (".kspec", ".yaml") and
@@ -547,19 +548,9 @@ def test_a_random_fault_in_a_random_ipvs_cluster_is_caught(c, name, seed, data):
     assert ok, f"{name} not caught: {planted.where!r}: expected {sorted(planted.expect)}, found {sorted(found)}"
 
 
-def _netns_ready() -> str | None:
-    import os
-    import shutil
-
-    if os.geteuid() != 0:
-        return "needs root"
-    if not all(shutil.which(tool) for tool in ("ip", "ipset", "iptables-restore", "iptables-save")):
-        return "needs ip, ipset and iptables"
-    return None
-
-
 @pytest.mark.netns
-@pytest.mark.skipif(_netns_ready() is not None, reason=str(_netns_ready()))
+@pytest.mark.skipif(netns_skip_reason("ipset", "iptables-restore", "iptables-save") is not None,
+                    reason=str(netns_skip_reason("ipset", "iptables-restore", "iptables-save")))
 def test_the_kernels_own_save_output_verifies_clean(tmp_path):
     """ipset.rules and iptables.rules loaded into a namespace and saved back (the kernel's canonical forms)."""
     c = ipvs_mode(load([str(ROOT / "examples" / "lab" / "cluster.kspec")], None, Flags()).cluster)

@@ -33,6 +33,7 @@ from kspec.model import (
 from kspec.verify.packet_invariants import PACKET_IDS, check_node, port_specs
 from kspec.verify.result import PROVED, VIOLATED
 from test_packet_invariants import lab_cluster, lab_cluster_v6
+from netns_support import netns_skip_reason
 
 A = ipaddress.ip_address
 N = ipaddress.ip_network
@@ -445,9 +446,8 @@ def test_a_random_fault_in_a_random_place_is_caught(c, name, seed, data):
 
 @pytest.fixture(scope="module")
 def namespace():
-    from test_iptables_save import _netns_skip_reason
 
-    reason = _netns_skip_reason()
+    reason = netns_skip_reason()
     if reason:
         pytest.skip(reason)
     import subprocess

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -22,6 +20,7 @@ from kspec.pipeline import load
 from kspec.trace import TraceError, classify, trace
 from kspec.verify.packet_invariants import check_node
 from kspec.verify.result import VIOLATED
+from netns_support import netns_skip_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPLAINER = ROOT / "examples" / "explainer" / "cluster.kspec"
@@ -365,16 +364,8 @@ def test_classify_names_each_dump():
 # --- a real iptables-save dump --------------------------------------------------------------------
 
 
-def _netns_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces)"
-    if not shutil.which("ip") or not shutil.which("iptables-restore"):
-        return "needs iproute2 and iptables"
-    return None
-
-
 def test_trace_from_a_real_iptables_save_dump(tmp_path):
-    reason = _netns_reason()
+    reason = netns_skip_reason("iptables-restore")
     if reason:
         pytest.skip(reason)
     text = compiled(LAB)["nodes/node-1/iptables.rules"]
